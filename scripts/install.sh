@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up robofm in a virtual environment: the one install step both README commands share.
+#
+#   bash scripts/install.sh all    # library + simulator + HF backbones + server (for `robofm demo`)
+#   bash scripts/install.sh dev    # all of the above + test and lint tools
+#
+# ROBOFM_VENV chooses the environment directory (default: .venv in the repository root).
+# Torch is installed first with an exact pin so pip takes the CPU build that is available
+# locally instead of resolving a newer release with several GB of CUDA wheels.
+set -euo pipefail
+
+extras="${1:-all}"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${ROBOFM_VENV:-$root/.venv}"
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "robofm install: creating virtual environment $venv"
+    python3 -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+
+echo "robofm install: torch (CPU build pin)"
+"${pip[@]}" install --quiet "torch==2.13.0"
+echo "robofm install: robofm[$extras]"
+"${pip[@]}" install --quiet -e "$root[$extras]"
+echo "robofm install: done ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -1,0 +1,153 @@
+"""`robofm <verb>`: parse a config, call the library, print and plot the results.
+
+Verbs live in one explicit table (`VERBS`). A verb whose capability has not landed yet still
+answers `--help` (saying so) and exits with status 2 when run, rather than pretending.
+User errors (`RobofmError`) print one line naming the file or field at fault, exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from robofm import __version__
+from robofm.errors import RobofmError
+
+EXIT_USAGE = 2  # bad input, unknown verb, or a verb not in this build
+
+
+@dataclass(frozen=True)
+class Verb:
+    """One CLI verb. `run(argv) -> exit status`; None while the capability is pending."""
+
+    summary: str  # one line for `robofm --help`
+    usage: str  # the sub-verbs / arguments it takes, for `robofm VERB --help`
+    run: Callable[[list[str]], int] | None = None  # handler; None = not in this build
+    pending: str = ""  # the issue that brings it, when run is None
+
+
+def _demo(argv: list[str]) -> int:
+    import tyro
+
+    from robofm.demo import DemoConfig, run_demo
+
+    cfg = tyro.cli(
+        DemoConfig,
+        args=argv,
+        prog="robofm demo",
+        description="Record demonstrations, check them, fine-tune, evaluate and report, on the "
+        "embedded defaults. Stages not in this build are listed and skipped.",
+    )
+    result = run_demo(cfg)
+    print(f"robofm demo: ran {', '.join(result['ran']) or 'nothing'}")
+    for name, values in result["results"].items():
+        for key, value in values.items():
+            print(f"  {name}.{key}: {value}")
+    if result["skipped"]:
+        print(f"robofm demo: skipped (not in this build yet): {', '.join(result['skipped'])}")
+    print(f"robofm demo: report written to {result['report']}")
+    return 0
+
+
+VERBS: dict[str, Verb] = {
+    "data": Verb(
+        "inspect, check, convert and paraphrase robot datasets",
+        "robofm data info|check|stats|convert|paraphrase|view PATH",
+        pending="issue #3, datasets",
+    ),
+    "train": Verb(
+        "pretrain or fine-tune a VLA policy",
+        "robofm train --preset finetune|pretrain [--field value ...]",
+        pending="issue #6, training",
+    ),
+    "eval": Verb(
+        "closed-loop and offline evaluation, the transfer experiment",
+        "robofm eval CHECKPOINT --task T --split train|novel_object|... ; robofm eval transfer",
+        pending="issue #7, evaluation",
+    ),
+    "serve": Verb(
+        "serve a checkpoint over openpi's websocket protocol",
+        "robofm serve CHECKPOINT --port P",
+        pending="issue #8, serving",
+    ),
+    "bench": Verb(
+        "parameters, memory, latency and control rate per preset and head",
+        "robofm bench [--params] [CHECKPOINT ...]",
+        pending="issue #9, deployment",
+    ),
+    "demo": Verb(
+        "the main job end to end on the embedded defaults",
+        "robofm demo [--quick | --full] [--out-dir DIR]",
+        run=_demo,
+    ),
+    "sim": Verb(
+        "the built-in MuJoCo benchmark: record demonstrations, play episodes",
+        "robofm sim record --task T --episodes N --out DIR ; robofm sim play ...",
+        pending="issue #4, simulated benchmark",
+    ),
+}
+
+
+def _top_help() -> str:
+    width = max(map(len, VERBS))
+    lines = [
+        f"robofm {__version__}: Vision-Language-Action policies, from pretrained backbones to a "
+        "robot.",
+        "",
+        "usage: robofm VERB [options]     (robofm VERB --help for a verb's options)",
+        "",
+        "verbs:",
+    ]
+    for name, verb in VERBS.items():
+        note = "" if verb.run else "   [not in this build yet]"
+        lines.append(f"  {name:<{width}}  {verb.summary}{note}")
+    lines += [
+        "",
+        "options:",
+        "  -h, --help     show this help",
+        "  --version      print the version",
+    ]
+    return "\n".join(lines)
+
+
+def _pending(name: str, verb: Verb, argv: list[str]) -> int:
+    text = (
+        f"usage: {verb.usage}\n\n{verb.summary}.\n\n"
+        f"robofm {name} is not in this build yet: it lands with {verb.pending}."
+    )
+    if any(a in ("-h", "--help") for a in argv):
+        print(text)
+        return 0
+    print(f"robofm {name}: not in this build yet (it lands with {verb.pending}).", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `robofm` console script; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_top_help())
+        return 0 if args else EXIT_USAGE
+    if args[0] == "--version":
+        print(f"robofm {__version__}")
+        return 0
+    name, rest = args[0], args[1:]
+    verb = VERBS.get(name)
+    if verb is None:
+        print(f"robofm: unknown verb {name!r}; valid: {', '.join(VERBS)}", file=sys.stderr)
+        return EXIT_USAGE
+    if verb.run is None:
+        return _pending(name, verb, rest)
+    try:
+        return verb.run(rest)
+    except RobofmError as e:
+        print(f"robofm {name}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"robofm {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
