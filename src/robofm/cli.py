@@ -50,11 +50,17 @@ def _demo(argv: list[str]) -> int:
     return 0
 
 
+def _data(argv: list[str]) -> int:
+    from robofm.data.commands import main as data_main
+
+    return data_main(argv)
+
+
 VERBS: dict[str, Verb] = {
     "data": Verb(
         "inspect, check, convert and paraphrase robot datasets",
         "robofm data info|check|stats|convert|paraphrase|view PATH",
-        pending="issue #3, datasets",
+        run=_data,
     ),
     "train": Verb(
         "pretrain or fine-tune a VLA policy",

@@ -53,7 +53,8 @@ def _tiny_source(n_eps=3, length=12, cams=("front", "wrist"), space=None) -> InM
     rng = np.random.default_rng(1)
     eps = []
     for i in range(n_eps):
-        base = rng.integers(0, 120, size=(1, 1, 1, 3)) + np.linspace(0, 50, 48)[None, None, :, None] + np.zeros((1, 32, 1, 1))
+        colour = rng.integers(0, 120, size=(1, 1, 1, 3))
+        base = colour + np.linspace(0, 50, 48)[None, None, :, None] + np.zeros((1, 32, 1, 1))
         grad = np.linspace(0, 60, length)[:, None, None, None]
         eps.append(
             Episode(
@@ -142,7 +143,6 @@ def test_reads_v21_layout(tmp_path, synth):
     (root / "meta/info.json").write_text(json.dumps(info))
     (root / "meta/tasks.jsonl").write_text('{"task_index": 0, "task": "move the arm"}\n')
     table = pq.read_table(synth / "data/chunk-000/file-000.parquet")
-    video = synth / "videos/observation.images.cam/chunk-000/file-000.mp4"
     lines = []
     for i in range(2):
         (root / "data/chunk-000").mkdir(parents=True, exist_ok=True)
@@ -178,7 +178,7 @@ def test_truncated_parquet_names_the_file(tmp_path, synth):
     ds = _copy(synth, tmp_path)
     data = ds / "data/chunk-000/file-000.parquet"
     data.write_bytes(data.read_bytes()[:500])
-    with pytest.raises(DatasetError, match="file-000.parquet"):
+    with pytest.raises(DatasetError, match=r"file-000\.parquet"):
         LeRobotSource(ds)
 
 

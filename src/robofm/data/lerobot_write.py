@@ -383,7 +383,7 @@ def _aggregate(per_episode: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         shape = np.asarray(per_episode[0][f"{key}/mean"]).shape
         w = w.reshape(-1, *([1] * len(shape)))
 
-        def arr(name: str) -> np.ndarray:
+        def arr(name: str, key: str = key) -> np.ndarray:
             return np.stack([np.asarray(ep[f"{key}/{name}"], np.float64) for ep in per_episode])
 
         means, stds = arr("mean"), arr("std")
