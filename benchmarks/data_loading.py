@@ -106,6 +106,21 @@ def robofm_rate(root: Path, workers: int, max_batches: int) -> tuple[float, floa
     return n / dt, rss
 
 
+def robofm_rate_isolated(root: Path, workers: int, max_batches: int) -> tuple[float, float]:
+    """`robofm_rate` in a fresh interpreter, so peak RSS covers only the loading."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--one", str(root), str(workers), str(max_batches)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT"):
+            rate, rss = line.split()[1:]
+            return float(rate), float(rss)
+    raise RuntimeError(out.stderr[-2000:])
+
+
 def lerobot_rate(python: str, root: Path, fps: float, workers: int, max_batches: int):
     out = subprocess.run(
         [python, "-c", LEROBOT_SNIPPET, str(root), str(fps), str(max_batches), str(workers)],
@@ -126,8 +141,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--lerobot-python", default="", help="python of a venv with lerobot")
     parser.add_argument("--out", default=None, help="JSON path")
+    parser.add_argument(
+        "--one", nargs=3, metavar=("ROOT", "WORKERS", "BATCHES"), help=argparse.SUPPRESS
+    )  # internal: measure one configuration
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.one:
+        rate, rss = robofm_rate(Path(args.one[0]), int(args.one[1]), int(args.one[2]))
+        print(f"RESULT {rate:.2f} {rss:.1f}")
+        return
     work = Path(tempfile.mkdtemp(prefix="robofm_bench_data_"))
     variants: list[tuple[str, Path, float]] = [("fixture 1cam 96px av1 video", FIXTURE, 30.0)]
     fixture_png = work / "fixture_png"
@@ -142,7 +164,7 @@ def main() -> None:
     rows = []
     for name, root, fps in variants:
         for workers in args.workers:
-            rate, rss = robofm_rate(root, workers, args.max_batches)
+            rate, rss = robofm_rate_isolated(root, workers, args.max_batches)
             row = {
                 "data": name,
                 "workers": workers,
