@@ -9,6 +9,7 @@ own), which makes readers safe in DataLoader workers.
 from __future__ import annotations
 
 import os
+import weakref
 from collections import OrderedDict
 from fractions import Fraction
 from pathlib import Path
@@ -92,6 +93,19 @@ class VideoDecoder:
         self._frames = None
 
 
+_LIVE_CACHES: weakref.WeakSet[DecoderCache] = weakref.WeakSet()
+
+
+def _close_all_before_fork() -> None:
+    """Close open decoders before a fork: FFmpeg's decoder threads and locks must not be
+    inherited mid-use by DataLoader workers (a forked child can deadlock on them)."""
+    for cache in list(_LIVE_CACHES):
+        cache.close()
+
+
+os.register_at_fork(before=_close_all_before_fork)
+
+
 class DecoderCache:
     """A small per-process LRU of open `VideoDecoder`s keyed by path."""
 
@@ -99,6 +113,13 @@ class DecoderCache:
         self.max_open = max_open
         self._pid = os.getpid()
         self._decoders: OrderedDict[Path, VideoDecoder] = OrderedDict()
+        _LIVE_CACHES.add(self)
+
+    def close(self) -> None:
+        """Close every open decoder; they reopen lazily on the next read."""
+        for dec in self._decoders.values():
+            dec.close()
+        self._decoders = OrderedDict()
 
     def get(self, path: Path) -> VideoDecoder:
         if self._pid != os.getpid():  # forked: never reuse the parent's handles
