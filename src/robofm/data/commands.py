@@ -12,6 +12,7 @@ import numpy as np
 
 from robofm.data import detect_format, open_dataset
 from robofm.data.episode import Episode, EpisodeSource
+from robofm.errors import NotAvailableError
 
 
 def _open(args: argparse.Namespace) -> EpisodeSource:
@@ -52,8 +53,22 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require(module: str, what: str) -> Any:
+    """Import a data module that may not be in this build, with a clear error if missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        raise NotAvailableError(f"{what} is not in this build yet ({module} is missing)") from e
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    from robofm.data.quality import QualityConfig, check_dataset, format_report, write_report
+    quality = _require("robofm.data.quality", "robofm data check")
+    QualityConfig, check_dataset = quality.QualityConfig, quality.check_dataset
+    format_report, write_report = quality.format_report, quality.write_report
 
     source = _open(args)
     report = check_dataset(source, QualityConfig())
@@ -128,8 +143,9 @@ class _RelabelledSource:
 
 
 def cmd_paraphrase(args: argparse.Namespace) -> int:
-    from robofm.data.language import diversify_tasks
     from robofm.data.lerobot_write import write_lerobot
+
+    diversify_tasks = _require("robofm.data.language", "robofm data paraphrase").diversify_tasks
 
     source = _open(args)
     old = [source.episode(i).task for i in range(len(source))]
