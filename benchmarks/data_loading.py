@@ -14,7 +14,6 @@ reads the same directories in a subprocess, in the same run, for a side-by-side 
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import subprocess
 import sys
@@ -37,7 +36,8 @@ CHUNK = 50
 BATCH = 32
 
 LEROBOT_SNIPPET = r"""
-import sys, time, resource, torch
+import sys, time, torch
+open("/proc/self/clear_refs", "w").write("5")  # peak RSS from here, not inherited from fork
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 root, fps = sys.argv[1], float(sys.argv[2])
 max_batches, workers = int(sys.argv[3]), int(sys.argv[4])
@@ -51,8 +51,7 @@ for b, batch in enumerate(dl):
     if b >= 1: n += batch["action"].shape[0]
     if b >= max_batches: break
 dt = time.perf_counter() - t0
-rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-          resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+rss = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
 print(f"RESULT {n / dt:.2f} {rss:.1f}")
 """.replace("%d", str(CHUNK), 1).replace("%d", str(BATCH), 1)
 
@@ -96,14 +95,8 @@ def robofm_rate(root: Path, workers: int, max_batches: int) -> tuple[float, floa
         if b >= max_batches:
             break
     dt = time.perf_counter() - t0
-    rss = (
-        max(
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-        )
-        / 1024
-    )
-    return n / dt, rss
+    rss = int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
+    return n / dt, rss  # main-process peak; workers are separate processes
 
 
 def robofm_rate_isolated(root: Path, workers: int, max_batches: int) -> tuple[float, float]:
@@ -147,6 +140,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.one:
+        # Linux carries a forked parent's peak RSS into the child; reset it so the number
+        # covers only this measurement.
+        Path("/proc/self/clear_refs").write_text("5")
         rate, rss = robofm_rate(Path(args.one[0]), int(args.one[1]), int(args.one[2]))
         print(f"RESULT {rate:.2f} {rss:.1f}")
         return
