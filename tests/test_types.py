@@ -49,8 +49,11 @@ def good_obs():
     }
 
 
-def test_valid_observation_passes():
-    validate_obs_dict(good_obs(), cameras={"front": (8, 8)}, state_dim=5)
+def test_valid_observation_passes_unchanged():
+    obs = good_obs()
+    obs["state"] = obs["state"].astype(np.float64)  # any float dtype is accepted
+    assert validate_obs_dict(obs, cameras={"front": (8, 8)}, state_dim=5) is None
+    assert obs["state"].dtype == np.float64 and set(obs) == {"images", "state", "prompt"}
 
 
 @pytest.mark.parametrize(
