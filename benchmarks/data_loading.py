@@ -101,31 +101,29 @@ def robofm_rate(root: Path, workers: int, max_batches: int) -> tuple[float, floa
 
 def robofm_rate_isolated(root: Path, workers: int, max_batches: int) -> tuple[float, float]:
     """`robofm_rate` in a fresh interpreter, so peak RSS covers only the loading."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--one", str(root), str(workers), str(max_batches)],
-        capture_output=True,
-        text=True,
-        timeout=1200,
+    rate, rss = _measure(
+        [sys.executable, __file__, "--one", str(root), str(workers), str(max_batches)]
     )
+    if rate is None:
+        raise RuntimeError(rss)
+    return rate, rss
+
+
+def _measure(cmd: list[str]) -> tuple[float | None, float | str]:
+    """Run a measuring subprocess; (samples/s, peak RSS MiB) from its RESULT line, or
+    (None, last stderr line) when it failed."""
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT"):
             rate, rss = line.split()[1:]
             return float(rate), float(rss)
-    raise RuntimeError(out.stderr[-2000:])
+    return None, (out.stderr.strip().splitlines() or ["failed"])[-1][:200]
 
 
 def lerobot_rate(python: str, root: Path, fps: float, workers: int, max_batches: int):
-    out = subprocess.run(
-        [python, "-c", LEROBOT_SNIPPET, str(root), str(fps), str(max_batches), str(workers)],
-        capture_output=True,
-        text=True,
-        timeout=1200,
+    return _measure(
+        [python, "-c", LEROBOT_SNIPPET, str(root), str(fps), str(max_batches), str(workers)]
     )
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT"):
-            rate, rss = line.split()[1:]
-            return float(rate), float(rss)
-    return None, (out.stderr.strip().splitlines() or ["failed"])[-1][:120]
 
 
 def main() -> None:

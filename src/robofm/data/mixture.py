@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from robofm.data.episode import DatasetError
-from robofm.data.windows import ImageTransform, WindowDataset
+from robofm.data.windows import ImageTransform, WindowDataset, locate_segment
 from robofm.errors import SpaceError
 from robofm.spaces import ActionSpace, pad_last_dim
 from robofm.types import Batch, Observation
@@ -179,13 +179,7 @@ class Mixture(torch.utils.data.Dataset):
 
     def locate(self, idx: int) -> tuple[int, int]:
         """(k, j): dataset k and its local sample index j for global index `idx`."""
-        n = len(self)
-        if idx < 0:
-            idx += n
-        if not 0 <= idx < n:
-            raise IndexError(f"index {idx} out of range for {n} samples")
-        k = int(np.searchsorted(self._ends, idx, side="right"))
-        return k, int(idx - self.offsets[k])
+        return locate_segment(self._ends, idx)
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         k, j = self.locate(int(idx))

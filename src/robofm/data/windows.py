@@ -35,6 +35,18 @@ PAD_MODES = ("repeat_last", "zero")  # how actions past an episode's end are fil
 ImageTransform = Callable[[np.ndarray], Any]  # uint8 (T_obs, Hpx, Wpx, 3) -> array or tensor
 
 
+def locate_segment(ends: np.ndarray, idx: int) -> tuple[int, int]:
+    """(k, j): segment k and offset j of global index `idx` (negative counts from the end),
+    given the cumulative segment ends (K,). O(log K)."""
+    n = int(ends[-1])
+    if idx < 0:
+        idx += n
+    if not 0 <= idx < n:
+        raise IndexError(f"index {idx} out of range for {n} samples")
+    k = int(np.searchsorted(ends, idx, side="right"))
+    return k, int(idx - (ends[k - 1] if k else 0))
+
+
 class WindowDataset(torch.utils.data.Dataset):
     """Map-style dataset with one sample per (episode, step) of the selected episodes.
 
@@ -175,13 +187,7 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def locate(self, idx: int) -> tuple[int, int]:
         """(k, t): the k-th selected episode and step t that global index `idx` points at."""
-        n = len(self)
-        if idx < 0:
-            idx += n
-        if not 0 <= idx < n:
-            raise IndexError(f"index {idx} out of range for {n} samples")
-        k = int(np.searchsorted(self._cum_lengths, idx, side="right"))
-        return k, int(idx - self.episode_starts[k])
+        return locate_segment(self._cum_lengths, idx)
 
     # -----------------------------------------------------------------------------------------
     # Samples.
