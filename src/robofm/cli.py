@@ -56,6 +56,12 @@ def _data(argv: list[str]) -> int:
     return data_main(argv)
 
 
+def _sim(argv: list[str]) -> int:
+    from robofm.sim.commands import main as sim_main
+
+    return sim_main(argv)
+
+
 VERBS: dict[str, Verb] = {
     "data": Verb(
         "inspect, check, convert and paraphrase robot datasets",
@@ -89,8 +95,8 @@ VERBS: dict[str, Verb] = {
     ),
     "sim": Verb(
         "the built-in MuJoCo benchmark: record demonstrations, play episodes",
-        "robofm sim record --task T --episodes N --out DIR ; robofm sim play ...",
-        pending="issue #4, simulated benchmark",
+        "robofm sim tasks | record --task T --episodes N --out DIR | play --task T --out F.mp4",
+        run=_sim,
     ),
 }
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from robofm.errors import RobofmError
-from robofm.spaces import ActionSpace
+from robofm.spaces import ActionSpace, StateSpace
 
 
 class DatasetError(RobofmError, ValueError):
@@ -111,6 +111,7 @@ class InMemorySource:
         fps: float,
         name: str = "memory",
         action_space: ActionSpace | None = None,
+        state_space: StateSpace | None = None,
     ) -> None:
         if not episodes:
             raise DatasetError(f"{name}: no episodes")
@@ -118,6 +119,7 @@ class InMemorySource:
         self.name = name
         self.fps = float(fps)
         self.action_space = action_space
+        self.state_space = state_space  # optional proprio contract, names the state dims
         self.skipped: list[str] = []
         first = episodes[0]
         self.cameras = {cam: (int(v.shape[1]), int(v.shape[2])) for cam, v in first.images.items()}

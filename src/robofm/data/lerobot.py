@@ -33,7 +33,7 @@ from PIL import Image
 from robofm.data.episode import DatasetError, Episode
 from robofm.data.video import DecoderCache
 from robofm.errors import SpaceError
-from robofm.spaces import ActionSpace, load_spaces
+from robofm.spaces import ActionSpace, StateSpace, load_spaces
 
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
@@ -86,7 +86,7 @@ class LeRobotSource:
             _camera_name(k): k for k, f in self.features.items() if f["dtype"] in ("video", "image")
         }
         self.cameras = {cam: _image_hw(self.features[k]) for cam, k in self.camera_keys.items()}
-        self.action_space = self._load_action_space()
+        self.action_space, self.state_space = self._load_spaces()
         self._tasks = self._load_tasks()
         self._decoders = DecoderCache()
         self._image_cache: OrderedDict[tuple[str, int], pa.Table] = OrderedDict()
@@ -95,12 +95,13 @@ class LeRobotSource:
 
     # --- metadata ------------------------------------------------------------------------
 
-    def _load_action_space(self) -> ActionSpace | None:
+    def _load_spaces(self) -> tuple[ActionSpace | None, StateSpace | None]:
         path = self.root / "meta" / "action_space.json"
         if not path.exists():
-            return None
+            return None, None
         try:
-            return load_spaces(path).action
+            spaces = load_spaces(path)
+            return spaces.action, spaces.state
         except SpaceError as e:
             raise DatasetError(str(e)) from e
 

@@ -186,6 +186,7 @@ class _Writer:
 
     def _features(self, ep: Episode) -> dict[str, Any]:
         names = getattr(self.source.action_space, "names", None)
+        state_names = getattr(getattr(self.source, "state_space", None), "names", None)
         feats: dict[str, Any] = {}
         for cam, (h, w) in self.cameras.items():
             feat: dict[str, Any] = {
@@ -208,7 +209,9 @@ class _Writer:
         feats[STATE_KEY] = {
             "dtype": "float32",
             "shape": [ep.states.shape[1]],
-            "names": [f"s{i}" for i in range(ep.states.shape[1])],
+            "names": list(state_names)
+            if state_names
+            else [f"s{i}" for i in range(ep.states.shape[1])],
         }
         feats[ACTION_KEY] = {
             "dtype": "float32",
@@ -279,7 +282,10 @@ class _Writer:
         }
         (meta / "info.json").write_text(json.dumps(info, indent=4))
         if self.source.action_space is not None:
-            save_spaces(meta / "action_space.json", SpacesFile(action=self.source.action_space))
+            spaces = SpacesFile(
+                action=self.source.action_space, state=getattr(self.source, "state_space", None)
+            )
+            save_spaces(meta / "action_space.json", spaces)
         return info
 
 

@@ -1,0 +1,1 @@
+"""Built-in simulated benchmark: language-conditioned tabletop manipulation in MuJoCo."""
