@@ -2,7 +2,8 @@
 
 For each dataset variant (camera count, resolution, video vs PNG storage) and worker count,
 reads shuffled windows (T_obs=1, chunk H=50, batch 32) through a torch DataLoader for a full
-pass (or --max-batches) and reports samples/s and peak RSS (this process + workers).
+pass (--max-batches 40 covers a whole pass of the 1200-sample synthetic sets) and reports
+samples/s and the loading process's peak RSS (worker processes not included).
 
     .venv/bin/python benchmarks/data_loading.py                    # robofm only
     .venv/bin/python benchmarks/data_loading.py --lerobot-python /path/to/lerobot/venv/python

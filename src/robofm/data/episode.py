@@ -76,7 +76,9 @@ class EpisodeSource(Protocol):
     fps: float  # recording rate, Hz
     cameras: dict[str, tuple[int, int]]  # camera name -> (Hpx, Wpx)
     action_space: ActionSpace | None  # the dataset's action contract, None if it has none
-    skipped: list[str]  # "<file>: episode <i>: <reason>" for each episode dropped by skip_bad
+    skipped: list[str]  # "<file>: <episode>: <reason>" per episode dropped by skip_bad; the
+    # episode is named in its format's own terms: LeRobot "episode 3", HDF5 "demo_3",
+    # RLDS "record 3" (of that shard), so a person can find it with the format's own tools
 
     def __len__(self) -> int:
         """Number of episodes."""
