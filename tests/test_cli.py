@@ -55,14 +55,17 @@ def test_unknown_verb_and_version():
 
 
 def test_demo_runs_available_stages_and_reports_the_rest(tmp_path):
-    out = robofm("demo", "--out-dir", str(tmp_path / "demo"))
+    out = robofm("demo", "--quick", "--out-dir", str(tmp_path / "demo"))
     assert out.returncode == 0, out.stderr
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "| setup | done |" in report
+    assert "| record | done |" in report and "| check | done |" in report
+    assert (tmp_path / "demo" / "data" / "meta" / "info.json").exists()
+    assert (tmp_path / "demo" / "quality" / "quality_report.json").exists()
     assert "not in this build" in report  # skipped stages are reported, not hidden
     log = (tmp_path / "demo" / "log.jsonl").read_text().splitlines()
     assert '"event": "demo.start"' in log[0] and '"event": "demo.end"' in log[-1]
-    assert "ran setup" in out.stdout
+    assert "ran setup, record, check" in out.stdout
 
 
 def test_bad_option_is_a_usage_error():

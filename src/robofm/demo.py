@@ -71,20 +71,51 @@ def _check_setup(cfg: DemoConfig, out: Path, log: RunLog) -> dict[str, Any]:
     }
 
 
+DEMO_TASKS = ("lift", "pick_place")  # task families the demo records and trains on
+DEMO_EPISODES = {"quick": 8, "default": 100, "full": 200}  # recorded episodes per family
+
+
+def _size(cfg: DemoConfig) -> str:
+    return "quick" if cfg.quick else "full" if cfg.full else "default"
+
+
+def _record(cfg: DemoConfig, out: Path, log: RunLog) -> dict[str, Any]:
+    """Record scripted-expert demonstrations of the demo tasks as a LeRobot v3 dataset."""
+    from robofm.sim.record import RecordConfig, record
+
+    rc = RecordConfig(tasks=DEMO_TASKS, episodes=DEMO_EPISODES[_size(cfg)], seed=cfg.seed)
+    result = record(rc, out / "data", overwrite=True)
+    log.log("record.summary", summary=result["summary"])
+    return {
+        "dataset": str(out / "data"),
+        "episodes": result["episodes"],
+        "frames": result["info"]["total_frames"],
+        "expert_success": {
+            f: f"{s['succeeded']}/{s['tried']}" for f, s in result["summary"].items()
+        },
+    }
+
+
+def _check(cfg: DemoConfig, out: Path, log: RunLog) -> dict[str, Any]:
+    """Run the data-quality report on the recorded demonstrations."""
+    from robofm.data.lerobot import LeRobotSource
+    from robofm.data.quality import QualityConfig, check_dataset, write_report
+
+    report = check_dataset(LeRobotSource(out / "data"), QualityConfig())
+    paths = write_report(report, out / "quality")
+    counts = report.summary.get("counts", {})
+    return {
+        "errors": counts.get("error", 0),
+        "warnings": counts.get("warning", 0),
+        "blocking": report.blocking,
+        "report": str(paths["json"]),
+    }
+
+
 STAGES: list[Stage] = [
     Stage("setup", "check the installed stack and the embedded presets", _check_setup),
-    Stage(
-        "record",
-        "record scripted-expert demonstrations in the MuJoCo benchmark",
-        None,
-        "the simulated benchmark (issue #4)",
-    ),
-    Stage(
-        "check",
-        "data-quality report on the recorded demonstrations",
-        None,
-        "the dataset tools (issue #3)",
-    ),
+    Stage("record", "record scripted-expert demonstrations in the MuJoCo benchmark", _record),
+    Stage("check", "data-quality report on the recorded demonstrations", _check),
     Stage(
         "finetune",
         "fine-tune the `small` preset from pretrained MobileNetV2 + MiniLM",

@@ -93,6 +93,18 @@ def sim_state_space(yaw: bool = False) -> StateSpace:
     return StateSpace(robot=ROBOT, names=names, units=units)
 
 
+def _make_renderer(model: mujoco.MjModel, size: int) -> mujoco.Renderer:
+    try:
+        return mujoco.Renderer(model, size, size)
+    except Exception as e:
+        backend = os.environ.get("MUJOCO_GL", "")
+        raise SimError(
+            f"cannot create an offscreen OpenGL context with MUJOCO_GL={backend} ({e}); "
+            "install Mesa's EGL (Debian: libegl1 libgl1-mesa-dri) or use MUJOCO_GL=osmesa "
+            "with libosmesa6, or build the env with cameras=() for physics only"
+        ) from e
+
+
 class TabletopEnv(gym.Env):
     """A MuJoCo tabletop with a gantry gripper, objects and receptacles; see module doc."""
 
@@ -125,7 +137,9 @@ class TabletopEnv(gym.Env):
                     {c: gym.spaces.Box(0, 255, size, np.uint8) for c in cfg.cameras}
                 ),
                 "state": gym.spaces.Box(-np.inf, np.inf, (self.robot_state_space.dim,), np.float32),
-                "prompt": gym.spaces.Text(max_length=512),
+                "prompt": gym.spaces.Text(
+                    max_length=512, charset=frozenset(map(chr, range(32, 127)))
+                ),
             }
         )
         a = self.robot_action_space
@@ -359,7 +373,7 @@ class TabletopEnv(gym.Env):
         if r is None or (r.height, r.width) != (size, size):
             if r is not None:
                 r.close()
-            r = self._renderer = mujoco.Renderer(self.model, size, size)
+            r = self._renderer = _make_renderer(self.model, size)
             for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
                 r.scene.flags[flag] = 0
         r.update_scene(self.data, camera=camera, scene_option=self._vis)
