@@ -31,11 +31,12 @@ from robofm.errors import ConfigError, RobofmError
 from robofm.sim import scene
 from robofm.sim.objects import COLORS, HALF_HEIGHT, SHAPES
 from robofm.sim.success import check_success
-from robofm.sim.tasks import TaskSpec, check_split, get_family, sample_task
+from robofm.sim.tasks import SPLITS, TASKS, TaskSpec, check_split, get_family, sample_task
 from robofm.spaces import ActionSpace, StateSpace
 
 ROBOT = "robofm_sim_gripper"
 CAMERAS = ("front", "wrist")
+TASK_NAMES = tuple(TASKS)
 MAX_DELTA_M = 0.05  # per-step translation bound
 MAX_DYAW_RAD = 0.3  # per-step yaw bound
 DEFAULT_CHUNK_LEN = 10
@@ -289,9 +290,15 @@ class TabletopEnv(gym.Env):
         task and its success check stay); "task" gives an explicit `TaskSpec`."""
         super().reset(seed=seed)
         options = options or {}
-        task = options.get("task") or sample_task(
-            self.family.name, self.config.split, self.np_random
-        )
+        task = options.get("task")
+        if task is None:
+            # A seed names a scene per (family, split): the same seed in another split is a
+            # different scene, so novel-split evaluation never replays training scenes.
+            rng = self.np_random
+            if seed is not None:
+                salt = (TASK_NAMES.index(self.family.name), SPLITS.index(self.config.split))
+                rng = np.random.default_rng((int(seed), *salt))
+            task = sample_task(self.family.name, self.config.split, rng)
         self.task = task
         self.prompt = str(options.get("instruction") or task.instruction)
         self.steps = 0

@@ -7,7 +7,9 @@ The splits are fixed here, in code, so that "novel" means the same thing in ever
   TRAIN_WORDS and the train templates in `robofm.sim.tasks`.
 - `novel_object`: the object the instruction is about is a held-out shape-colour combination,
   a novel colour on a train shape, or a novel shape (capsule) in a train colour. Distractors
-  stay in-distribution, so failure is about the new object, not a new scene.
+  stay in-distribution, so failure is about the new object, not a new scene. (One exception:
+  in the `ground` family the look-alike shares the target's shape, so a capsule target comes
+  with a capsule look-alike in another colour.)
 - `novel_instruction`: train objects, but synonyms and phrasings never used in training.
 - `novel_scene`: train objects and phrasings with extra distractors, other lighting and other
   table textures.

@@ -124,8 +124,9 @@ def _pick(rng: np.random.Generator, items: list | tuple):
 
 def _positions(
     rng: np.random.Generator, n: int, half: float, min_dist: float, avoid: list[tuple]
-) -> list[tuple[float, float]]:
-    """`n` points in [-half, half]^2, each `min_dist` from the others and from `avoid`."""
+) -> list[tuple[float, float]] | None:
+    """`n` points in [-half, half]^2, each `min_dist` from the others and from `avoid`;
+    None if rejection sampling finds no such layout."""
     out: list[tuple[float, float]] = []
     for _ in range(2000):
         if len(out) == n:
@@ -135,7 +136,7 @@ def _positions(
             np.hypot(p[0] - q[0], p[1] - q[1]) >= min_dist for q in out
         ):
             out.append(p)
-    raise RuntimeError("could not place objects; the scene is too crowded")
+    return None
 
 
 def _words(text: str, rng: np.random.Generator, novel: bool) -> str:
@@ -185,8 +186,21 @@ def sample_task(family: str, split: str, rng: np.random.Generator) -> TaskSpec:
     n_distract = min(n_distract, MAX_OBJECTS - len(objects))
     objects += _distractors(rng, n_distract, objects, pool)
 
-    rec_xy = _positions(rng, len(receptacles), 0.13, 0.17, [])
-    obj_xy = _positions(rng, len(objects), 0.14, 0.07, [(p, 0.1) for p in rec_xy])
+    for _ in range(100):  # redraw the receptacles when they leave no room for the objects
+        rec_xy = _positions(rng, len(receptacles), 0.13, 0.17, [])
+        if rec_xy is None:
+            continue
+        # Open fingers reach ~5.7 cm from the hand centre: keep neighbours (and bowl walls)
+        # far enough that a straight descent onto the target never lands a finger on them.
+        keep_out = [
+            (p, 0.125 if r.kind == "bowl" else 0.1)
+            for p, r in zip(rec_xy, receptacles, strict=True)
+        ]
+        obj_xy = _positions(rng, len(objects), 0.14, 0.08, keep_out)
+        if obj_xy is not None:
+            break
+    else:
+        raise RuntimeError(f"{family}/{split}: could not lay out {len(objects)} objects")
     if family == "push":
         obj_xy = _push_layout(rng, obj_xy, rec_xy)
 
