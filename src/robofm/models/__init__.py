@@ -1,0 +1,1 @@
+"""Models: vision encoders, language backbones, action heads and the VLA composer."""

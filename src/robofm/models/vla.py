@@ -1,0 +1,162 @@
+"""`VLA`: vision encoder + language backbone + action head, behind the two-method contract
+`compute_loss(batch) -> (B,)` and `sample_actions(obs) -> (B, H, D)` (normalised actions).
+
+How the prefix is built depends on the language backbone's kind:
+- "encoder" (MiniLM, word): image tokens, text tokens and state/embodiment tokens are
+  projected to `width` and fused by robofm's own trunk transformer (bidirectional);
+- "lm" (Gemma, Qwen2, Llama): image tokens are projected into the LM's width and placed
+  before the instruction's token embeddings, followed by the state/embodiment tokens; the LM
+  itself is the trunk;
+- "vlm" (PaliGemma, Idefics3): the VLM reads the first camera and the instruction whole; the
+  state/embodiment tokens are appended to its output.
+The head then conditions on the prefix. Frozen text encoders cache their output per
+instruction string, so repeated prompts (every control step) cost nothing.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from robofm.config import ModelConfig
+from robofm.models.embodiment import EmbodimentAdapters
+from robofm.models.heads import Prefix, build_head
+from robofm.models.language import build_language
+from robofm.models.layers import Transformer
+from robofm.models.vision import build_vision
+from robofm.types import Batch, Observation
+
+TEXT_CACHE_SIZE = 4096  # instructions whose frozen-encoder features are kept
+MAX_TEXT_TOKENS = 32
+
+
+class VLA(nn.Module):
+    """A Vision-Language-Action model; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        *,
+        cameras: tuple[str, ...],
+        state_dims: dict[str, int],
+        action_dim: int,
+        pretrained: bool = True,
+        vision_path: str | None = None,
+        language_path: str | None = None,
+    ):
+        super().__init__()
+        self.cfg, self.cameras, self.action_dim = cfg, tuple(cameras), int(action_dim)
+        self.language = build_language(
+            cfg.language, path=language_path, width=cfg.width, tiny=not pretrained
+        )
+        self.kind = self.language.kind
+        w = cfg.width if self.kind == "encoder" else self.language.width
+        self.width = w
+        self.vision = None  # a VLM brings its own vision tower
+        if self.kind != "vlm":
+            film = cfg.vision == "resnet_film"
+            self.vision = build_vision(
+                cfg.vision,
+                image_size=cfg.image_size,
+                width=cfg.width,
+                cond_dim=self.language.width if film else 0,
+                pretrained=pretrained,
+                path=vision_path,
+            )
+            n_img = self.vision.num_tokens
+            self.img_proj = nn.Linear(self.vision.width, w)
+            self.img_pos = nn.Parameter(
+                torch.randn(len(self.cameras), cfg.n_obs_steps, n_img, w) * 0.02
+            )  # (cams, T_obs, N, W)
+        if self.kind == "encoder":
+            self.text_proj = nn.Linear(self.language.width, w)
+            self.trunk = Transformer(w, cfg.depth, cfg.num_heads, dropout=cfg.dropout)
+        self.embodiments = EmbodimentAdapters(w, state_dims)
+        self.head = build_head(cfg, w, self.action_dim)
+        self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    # ---- encoders ------------------------------------------------------------------------
+
+    def encode_text(self, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, ...]:
+        """Encoder kind: (tokens (B, T, Wl), mask (B, T) bool), cached per instruction when the
+        encoder is frozen. LM/VLM kinds: (input_ids (B, T), mask (B, T) bool)."""
+        lang = self.language
+        if self.kind != "encoder":  # LMs and VLMs embed the ids themselves
+            ids = lang.tokenize(prompts, MAX_TEXT_TOKENS)
+            return ids["input_ids"].to(device), ids["attention_mask"].to(device).bool()
+        if not getattr(lang, "frozen", False):
+            ids = lang.tokenize(prompts, MAX_TEXT_TOKENS)
+            return lang(ids["input_ids"].to(device), ids["attention_mask"].to(device))
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing:
+            ids = lang.tokenize(missing, MAX_TEXT_TOKENS)
+            with torch.no_grad():
+                tok, mask = lang(ids["input_ids"].to(device), ids["attention_mask"].to(device))
+            for i, p in enumerate(missing):
+                n = int(mask[i].sum())
+                self._text_cache[p] = (tok[i, :n].detach(), mask[i, :n])
+                if len(self._text_cache) > TEXT_CACHE_SIZE:
+                    self._text_cache.popitem(last=False)
+        items = [self._text_cache[p] for p in prompts]
+        t = max(x[0].shape[0] for x in items)
+        tokens = torch.zeros(len(items), t, lang.width, device=device)
+        mask = torch.zeros(len(items), t, dtype=torch.bool, device=device)
+        for i, (tok, _) in enumerate(items):
+            tokens[i, : tok.shape[0]] = tok.to(device)
+            mask[i, : tok.shape[0]] = True
+        return tokens, mask
+
+    def encode_images(self, images: dict[str, torch.Tensor], cond: torch.Tensor | None = None):
+        """camera -> (B, T_obs, 3, H, W) in [0, 1]  ->  (B, cams*T_obs*N, W) projected tokens."""
+        out = []
+        for c, cam in enumerate(self.cameras):
+            x = images[cam]
+            b, t = x.shape[:2]
+            cond_bt = None if cond is None else cond.repeat_interleave(t, 0)
+            feats = self.vision(x.flatten(0, 1), cond_bt)  # (B*T, N, Cv)
+            feats = self.img_proj(feats).view(b, t, -1, self.width) + self.img_pos[c, :t][None]
+            out.append(feats.flatten(1, 2))  # (B, T*N, W)
+        return torch.cat(out, dim=1)
+
+    def encode_prefix(self, obs: Observation) -> Prefix:
+        """The joint representation the head conditions on."""
+        device = obs.state.device
+        b = obs.batch_size
+        state_tok = self.embodiments(obs.state, obs.embodiment)  # (B, T_obs + 1, W)
+        ones = lambda n: torch.ones(b, n, dtype=torch.bool, device=device)  # noqa: E731
+        if self.kind == "vlm":
+            ids, mask = self.encode_text(obs.prompt, device)
+            first = obs.images[self.cameras[0]][:, -1]  # (B, 3, H, W), latest frame
+            tokens, tmask = self.language(first, ids, mask)
+            return Prefix(
+                torch.cat([tokens, state_tok], 1), torch.cat([tmask, ones(state_tok.shape[1])], 1)
+            )
+        if self.kind == "lm":
+            ids, mask = self.encode_text(obs.prompt, device)
+            img = self.encode_images(obs.images)
+            seq = torch.cat([img, self.language.embed_tokens(ids), state_tok], 1)
+            m = torch.cat([ones(img.shape[1]), mask, ones(state_tok.shape[1])], 1)
+            return Prefix(self.language(seq, m), m)
+        text, tmask = self.encode_text(obs.prompt, device)
+        cond = None
+        if self.vision is not None and self.vision.cond_dim:
+            m = tmask.to(text.dtype)[..., None]
+            cond = (text * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, Wl) mean-pooled text
+        img = self.encode_images(obs.images, cond)
+        seq = torch.cat([img, self.text_proj(text), state_tok], 1)
+        m = torch.cat([ones(img.shape[1]), tmask, ones(state_tok.shape[1])], 1)
+        return Prefix(self.trunk(seq, mask=m[:, None, None, :]), m)
+
+    # ---- the model contract --------------------------------------------------------------
+
+    def compute_loss(self, batch: Batch) -> torch.Tensor:
+        """Per-sample training loss (B,) on normalised action chunks."""
+        return self.head.loss(self.encode_prefix(batch.obs), batch.actions, batch.loss_mask())
+
+    def sample_actions(
+        self, obs: Observation, generator: torch.Generator | None = None, **kw
+    ) -> torch.Tensor:
+        """(B, H, D) normalised action chunks."""
+        return self.head.sample(self.encode_prefix(obs), generator=generator, **kw)
