@@ -56,6 +56,48 @@ def _data(argv: list[str]) -> int:
     return data_main(argv)
 
 
+def _bench(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="robofm bench",
+        description="Model sizes now; latency, memory and control rate per checkpoint come "
+        "with issue #9 (deployment). For latency per preset and head today, run "
+        "benchmarks/inference.py.",
+    )
+    parser.add_argument("--params", action="store_true", help="parameter table of the presets")
+    parser.add_argument("--preset", nargs="*", default=None, help="presets (default: all)")
+    parser.add_argument("--json", default=None, help="also write the table as JSON here")
+    args = parser.parse_args(argv)
+    if not args.params:
+        print(
+            "robofm bench: only --params is in this build; checkpoint latency lands with "
+            "issue #9 (deployment)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    import json
+
+    from robofm.config import MODEL_PRESETS, get_preset
+    from robofm.models.params import params_table
+
+    names = args.preset or list(MODEL_PRESETS)
+    for n in names:
+        get_preset(MODEL_PRESETS, n, "model preset")
+    rows = params_table(names)
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(widths[c]) for c in cols))
+    print("  ".join("-" * widths[c] for c in cols))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+    if args.json:
+        from robofm.atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
 def _sim(argv: list[str]) -> int:
     from robofm.sim.commands import main as sim_main
 
@@ -85,8 +127,8 @@ VERBS: dict[str, Verb] = {
     ),
     "bench": Verb(
         "parameters, memory, latency and control rate per preset and head",
-        "robofm bench [--params] [CHECKPOINT ...]",
-        pending="issue #9, deployment",
+        "robofm bench --params [--preset NAME ...]",
+        run=_bench,
     ),
     "demo": Verb(
         "the main job end to end on the embedded defaults",

@@ -28,6 +28,10 @@ class ModelConfig:
 
     vision: str = "mobilenet_v2"  # vision encoder registry name
     language: str = "minilm"  # language backbone registry name
+    vision_size: str = ""  # named full size of an HF vision tower (models/sizes.py); "" = default
+    language_size: str = ""  # named full size of an HF LM/VLM (models/sizes.py); "" = default
+    freeze_backbones: bool = False  # keep vision + language weights frozen (SmolVLA-style)
+    max_text_tokens: int = 32  # instruction tokens kept (longer prompts are truncated)
     head: str = "flow"  # action head: "bins", "regression", "flow" or "diffusion"
     width: int = 384  # trunk/token width
     depth: int = 4  # trunk transformer layers
@@ -105,7 +109,52 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
         diffusion_steps=4,
     ),
     # The CPU demo: pretrained MobileNetV2 (ImageNet) + frozen MiniLM sentence encoder.
-    "small": ModelConfig(),
+    "small": ModelConfig(width=512, depth=6, num_heads=8, head_depth=3),
+    # pi0-sized: PaliGemma 3B (SigLIP so400m + Gemma 2B) + a ~300M flow action expert.
+    # Built on the meta device for parameter counts; real weights come from `path`.
+    "pi0": ModelConfig(
+        vision="siglip",
+        language="paligemma",
+        language_size="3b",
+        head="flow",
+        num_heads=8,
+        head_depth=18,
+        expert_width=1024,
+        image_size=224,
+        chunk_len=50,
+        flow_steps=10,
+        max_text_tokens=48,
+    ),
+    # OpenVLA-sized: Llama 2 7B trunk + SigLIP so400m tower, 256-bin action tokens.
+    "openvla": ModelConfig(
+        vision="siglip",
+        vision_size="so400m",
+        language="llama",
+        language_size="7b",
+        head="bins",
+        num_heads=32,
+        head_depth=1,
+        image_size=224,
+        chunk_len=1,
+        max_text_tokens=48,
+    ),
+    # SmolVLA-sized: SmolVLM2-500M-shaped VLM (SigLIP base/16 + SmolLM2 truncated to 16
+    # layers), frozen, plus a flow action expert (~100M trainable).
+    "smolvla-size": ModelConfig(
+        vision="siglip",
+        vision_size="base16",
+        language="llama",
+        language_size="smollm2_360m_16l",
+        freeze_backbones=True,
+        head="flow",
+        num_heads=10,
+        head_depth=16,
+        expert_width=640,
+        image_size=224,
+        chunk_len=50,
+        flow_steps=10,
+        max_text_tokens=48,
+    ),
 }
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robofm.errors import ConfigError, NotAvailableError
+from robofm.models.sizes import LANGUAGE_SIZES, VLM_SIZES, lookup
 
 HF_HINT = "pip install 'robofm[hf]' (transformers)"
 # Special tokens of the built-in byte tokenizer; ids are their positions (pad=0, bos=1, ...).
@@ -52,6 +53,7 @@ def require_transformers():
         import transformers
     except ImportError as e:  # pragma: no cover - depends on the install
         raise NotAvailableError(f"HF language backbones need transformers: {HF_HINT}") from e
+    transformers.utils.logging.disable_progress_bar()  # robofm shows its own progress
     return transformers
 
 
@@ -199,6 +201,7 @@ def build_causal_lm(
     width: int = 256,
     tiny: bool = False,
     trainable: bool | None = None,
+    size: str = "",
 ) -> CausalLMBackbone:
     """`name` in LM_FAMILIES. With `path`: the base model of a local checkpoint (a
     `*ForCausalLM` checkpoint loads too; its LM head is dropped). Without: a random-init model
@@ -210,7 +213,8 @@ def build_causal_lm(
         _check_family(name, cfg.model_type, LM_FAMILIES, path)
         model = tf.AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
         return CausalLMBackbone(model, load_tokenizer(path), trainable)
-    cfg = tf.AutoConfig.for_model(name, **text_dims(tiny, width))
+    dims = {**text_dims(tiny, width), **(lookup(LANGUAGE_SIZES, name, size) if size else {})}
+    cfg = tf.AutoConfig.for_model(name, **dims)
     return CausalLMBackbone(tf.AutoModel.from_config(cfg), byte_tokenizer(), trainable)
 
 
@@ -319,7 +323,7 @@ class VLMBackbone(nn.Module):
         self.tokenizer.save_pretrained(str(directory))
 
 
-def _tiny_vlm_config(name: str, tiny: bool, width: int):
+def _tiny_vlm_config(name: str, tiny: bool, width: int, size: str = ""):
     tf = require_transformers()
     text = text_dims(tiny, width)
     hidden = text["hidden_size"]
@@ -332,6 +336,11 @@ def _tiny_vlm_config(name: str, tiny: bool, width: int):
         "image_size": 32 if tiny else 64,
         "patch_size": 8,
     }
+    if size:  # a named full size: (vision dims at 224 px, text dims)
+        vis_dims, text_dims_full = lookup(VLM_SIZES, name, size)
+        vision = {**vis_dims, "image_size": 224}
+        text = {**text, **text_dims_full}
+        hidden = text["hidden_size"]
     image_id = BYTE_SPECIALS.index(IMAGE_TOKEN)
     if name == "paligemma":
         return tf.PaliGemmaConfig(
@@ -359,6 +368,7 @@ def build_vlm(
     width: int = 256,
     tiny: bool = False,
     trainable: bool | None = None,
+    size: str = "",
 ) -> VLMBackbone:
     """`name` in VLM_FAMILIES. With `path`: the base model of a local checkpoint (a
     `*ForConditionalGeneration` checkpoint loads too). Without: random init from a small
@@ -372,5 +382,5 @@ def build_vlm(
         _check_family(name, cfg.model_type, VLM_FAMILIES, path)
         model = cls.from_pretrained(path, local_files_only=True, dtype=torch.float32)
         return VLMBackbone(model, load_tokenizer(path), name, trainable)
-    model = cls(_tiny_vlm_config(name, tiny, width))
+    model = cls(_tiny_vlm_config(name, tiny, width, size))
     return VLMBackbone(model, byte_tokenizer(), name, trainable)

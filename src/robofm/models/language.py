@@ -254,6 +254,7 @@ def build_language(
     width: int = 256,
     tiny: bool = False,
     trainable: bool | None = None,
+    size: str = "",
 ) -> nn.Module:
     """A language backbone by registry name.
 
@@ -262,9 +263,13 @@ def build_language(
     tiny: HF kinds without `path` get a test-sized random config (hidden 64, 2 layers,
         2 heads, 263-token byte vocabulary).
     trainable: None = the kind's default (MiniLM frozen, everything else trainable).
+    size: a named full size (`robofm.models.sizes`) for HF LM/VLM kinds, random init.
     """
     if name not in LANGUAGE_BACKBONES:
         raise ConfigError(
             f"unknown language backbone {name!r}; valid names: {sorted(LANGUAGE_BACKBONES)}"
         )
-    return LANGUAGE_BACKBONES[name](path=path, width=width, tiny=tiny, trainable=trainable)
+    kw = {"size": size} if size else {}
+    if size and name not in ("gemma", "qwen2", "llama", "paligemma", "idefics3"):
+        raise ConfigError(f"language backbone {name!r} has no named sizes")
+    return LANGUAGE_BACKBONES[name](path=path, width=width, tiny=tiny, trainable=trainable, **kw)

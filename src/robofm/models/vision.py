@@ -29,6 +29,7 @@ from robofm.errors import ConfigError
 from robofm.models import mobilenet
 from robofm.models.layers import Transformer
 from robofm.models.mobilenet import mobilenet_weights_path
+from robofm.models.sizes import VISION_SIZES, lookup
 
 __all__ = ["VISION_ENCODERS", "VisionEncoder", "build_vision", "mobilenet_weights_path"]
 
@@ -175,13 +176,21 @@ def _warn_random(name: str, pretrained: bool) -> None:
         )
 
 
-def build_siglip(*, image_size: int, pretrained: bool, path: str | None, **_) -> VisionEncoder:
-    """SigLIP vision tower from `path`, or a tiny random one (hidden 64, 2 layers, patch 8)."""
+def build_siglip(
+    *, image_size: int, pretrained: bool, path: str | None, size: str = "", **_
+) -> VisionEncoder:
+    """SigLIP vision tower from `path`, a random one of a named `size` (robofm.models.sizes),
+    or a tiny random one (hidden 64, 2 layers, patch 8)."""
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
     if path:
         # The attention-pooling head is never used for tokens; dropping it keeps DDP happy.
         model = _hf_load(SiglipVisionModel, path, vision_use_head=False)
+    elif size:
+        dims = lookup(VISION_SIZES, "siglip", size)
+        model = SiglipVisionModel(
+            SiglipVisionConfig(**dims, image_size=image_size, vision_use_head=False)
+        )
     else:
         _warn_random("siglip", pretrained)
         cfg = SiglipVisionConfig(
@@ -197,12 +206,18 @@ def build_siglip(*, image_size: int, pretrained: bool, path: str | None, **_) ->
     return HFVisionEncoder(model, image_size, drop_cls=False, stats=_processor_stats(path))
 
 
-def build_vit_hf(*, image_size: int, pretrained: bool, path: str | None, **_) -> VisionEncoder:
-    """HF ViT from `path`, or a tiny random one; the [CLS] token is dropped from the output."""
+def build_vit_hf(
+    *, image_size: int, pretrained: bool, path: str | None, size: str = "", **_
+) -> VisionEncoder:
+    """HF ViT from `path`, a random one of a named `size`, or a tiny random one; the [CLS]
+    token is dropped from the output."""
     from transformers import ViTConfig, ViTModel
 
     if path:
         model = _hf_load(ViTModel, path, add_pooling_layer=False)
+    elif size:
+        dims = lookup(VISION_SIZES, "vit_hf", size)
+        model = ViTModel(ViTConfig(**dims, image_size=image_size), add_pooling_layer=False)
     else:
         _warn_random("vit_hf", pretrained)
         cfg = ViTConfig(
@@ -377,6 +392,7 @@ def build_vision(
     cond_dim: int = 0,
     pretrained: bool = True,
     path: str | None = None,
+    size: str = "",
 ) -> VisionEncoder:
     """Build the vision encoder registered as `name`.
 
@@ -387,6 +403,8 @@ def build_vision(
         cond_dim: conditioning-vector size; > 0 for FiLM encoders only.
         pretrained: load pretrained weights where the encoder has them.
         path: local weights: an HF directory (siglip, vit_hf) or a .pth (mobilenet_v2).
+        size: a named full size of an HF tower (`robofm.models.sizes.VISION_SIZES`), random
+            init; "" = tiny. Ignored when `path` is given.
     """
     if name not in VISION_ENCODERS:
         raise ConfigError(
@@ -398,6 +416,14 @@ def build_vision(
         raise ConfigError(f"vision encoder {name!r} takes no conditioning (cond_dim={cond_dim})")
     if path and name not in ACCEPTS_PATH:
         raise ConfigError(f"vision encoder {name!r} is built from scratch and takes no path")
+    if size and name not in VISION_SIZES:
+        raise ConfigError(f"vision encoder {name!r} has no named sizes")
+    kw = {"size": size} if size else {}
     return VISION_ENCODERS[name](
-        image_size=image_size, width=width, cond_dim=cond_dim, pretrained=pretrained, path=path
+        image_size=image_size,
+        width=width,
+        cond_dim=cond_dim,
+        pretrained=pretrained,
+        path=path,
+        **kw,
     )

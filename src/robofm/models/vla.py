@@ -29,7 +29,6 @@ from robofm.models.vision import build_vision
 from robofm.types import Batch, Observation
 
 TEXT_CACHE_SIZE = 4096  # instructions whose frozen-encoder features are kept
-MAX_TEXT_TOKENS = 32
 
 
 class VLA(nn.Module):
@@ -49,7 +48,11 @@ class VLA(nn.Module):
         super().__init__()
         self.cfg, self.cameras, self.action_dim = cfg, tuple(cameras), int(action_dim)
         self.language = build_language(
-            cfg.language, path=language_path, width=cfg.width, tiny=not pretrained
+            cfg.language,
+            path=language_path,
+            width=cfg.width,
+            tiny=not pretrained,
+            size=cfg.language_size,
         )
         self.kind = self.language.kind
         w = cfg.width if self.kind == "encoder" else self.language.width
@@ -64,6 +67,7 @@ class VLA(nn.Module):
                 cond_dim=self.language.width if film else 0,
                 pretrained=pretrained,
                 path=vision_path,
+                size=cfg.vision_size,
             )
             n_img = self.vision.num_tokens
             self.img_proj = nn.Linear(self.vision.width, w)
@@ -75,6 +79,10 @@ class VLA(nn.Module):
             self.trunk = Transformer(w, cfg.depth, cfg.num_heads, dropout=cfg.dropout)
         self.embodiments = EmbodimentAdapters(w, state_dims)
         self.head = build_head(cfg, w, self.action_dim)
+        if cfg.freeze_backbones:
+            for module in (self.vision, self.language):
+                for p in module.parameters() if module is not None else ():
+                    p.requires_grad_(False)
         self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     # ---- encoders ------------------------------------------------------------------------
@@ -84,14 +92,14 @@ class VLA(nn.Module):
         encoder is frozen. LM/VLM kinds: (input_ids (B, T), mask (B, T) bool)."""
         lang = self.language
         if self.kind != "encoder":  # LMs and VLMs embed the ids themselves
-            ids = lang.tokenize(prompts, MAX_TEXT_TOKENS)
+            ids = lang.tokenize(prompts, self.cfg.max_text_tokens)
             return ids["input_ids"].to(device), ids["attention_mask"].to(device).bool()
         if not getattr(lang, "frozen", False):
-            ids = lang.tokenize(prompts, MAX_TEXT_TOKENS)
+            ids = lang.tokenize(prompts, self.cfg.max_text_tokens)
             return lang(ids["input_ids"].to(device), ids["attention_mask"].to(device))
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if missing:
-            ids = lang.tokenize(missing, MAX_TEXT_TOKENS)
+            ids = lang.tokenize(missing, self.cfg.max_text_tokens)
             with torch.no_grad():
                 tok, mask = lang(ids["input_ids"].to(device), ids["attention_mask"].to(device))
             for i, p in enumerate(missing):

@@ -40,7 +40,6 @@ class FlowHead(nn.Module):
         self.pos = nn.Parameter(torch.randn(chunk_len, ew) * 0.02)  # (H, We)
         self.expert = Transformer(ew, depth, heads, cross_width=width, dropout=dropout)
         self.out = nn.Linear(ew, action_dim)
-        self.time_dist = torch.distributions.Beta(1.5, 1.0)
 
     def velocity(
         self, x_t: torch.Tensor, t: torch.Tensor, prefix: Prefix, kv: list | None = None
@@ -55,7 +54,10 @@ class FlowHead(nn.Module):
     def loss(self, prefix: Prefix, actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Flow-matching MSE on the velocity; (B,)."""
         b = actions.shape[0]
-        t = self.time_dist.sample((b,)).to(actions) * 0.999 + 0.001  # (B,) in (0, 1]
+        beta = torch.distributions.Beta(
+            actions.new_tensor(1.5), actions.new_tensor(1.0), validate_args=False
+        )
+        t = beta.sample((b,)) * 0.999 + 0.001  # (B,) in (0, 1], weighted to the noisy end
         noise = torch.randn_like(actions)
         x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
         v = self.velocity(x_t, t, prefix)
