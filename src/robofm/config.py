@@ -84,10 +84,18 @@ class TrainConfig:
     seed: int = 0  # seeds data order, init and augmentation
     freeze_vision_frac: float = 0.5  # vision encoder frozen for this fraction of steps
     lora_rank: int = 0  # LoRA rank on the language backbone; 0 = full fine-tuning
+    lora_alpha: float = 16.0  # LoRA scale alpha (effective scale alpha / rank)
+    lora_vision: bool = False  # also put LoRA adapters on the vision encoder
+    head_only: bool = False  # train only the action head (everything else frozen)
+    ema_decay: float = 0.0  # EMA of the weights with this decay; 0 = no EMA
+    fsdp: bool = False  # under torchrun: shard with FSDP2 instead of DDP
+    resume: bool = True  # continue from out_dir's latest checkpoint when there is one
     init_from: str = ""  # checkpoint directory to start from; "" = pretrained backbones
+    model_pretrained: bool = True  # build backbones from pretrained weights (False: tiny)
     out_dir: str = "runs/train"  # where checkpoints, logs and plots go
     log_every: int = 10  # steps between log lines
-    ckpt_every: int = 500  # steps between checkpoints
+    ckpt_every: int = 500  # steps between checkpoints (each runs the validation pass)
+    val_batches: int = 8  # batches of held-out windows per validation pass
     keep_last: int = 2  # checkpoints kept besides the best one
 
 

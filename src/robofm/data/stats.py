@@ -471,6 +471,17 @@ class Normalizer:
         y, center, scale, _ = self._get(key, y)
         return y * scale + center
 
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """Normalise a window sample in place of a copy: "actions" with the "action" stats and
+        "state" with "observation.state" (when this normaliser has them and S > 0)."""
+        out = dict(sample)
+        if "action" in self._params and "actions" in out:
+            out["actions"] = self.normalize(out["actions"], "action").astype(np.float32)
+        st = out.get("state")
+        if "observation.state" in self._params and st is not None and st.shape[-1] > 0:
+            out["state"] = self.normalize(st, "observation.state").astype(np.float32)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """The versioned JSON-ready form (what `save_stats` writes for a normaliser)."""
         return {

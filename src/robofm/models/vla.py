@@ -47,6 +47,7 @@ class VLA(nn.Module):
     ):
         super().__init__()
         self.cfg, self.cameras, self.action_dim = cfg, tuple(cameras), int(action_dim)
+        self.pretrained = pretrained  # backbones from pretrained weights (else tiny configs)
         self.language = build_language(
             cfg.language,
             path=language_path,
@@ -158,6 +159,10 @@ class VLA(nn.Module):
         return Prefix(self.trunk(seq, mask=m[:, None, None, :]), m)
 
     # ---- the model contract --------------------------------------------------------------
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """`compute_loss`, so DDP/FSDP wrappers (which hook `forward`) see the training call."""
+        return self.compute_loss(batch)
 
     def compute_loss(self, batch: Batch) -> torch.Tensor:
         """Per-sample training loss (B,) on normalised action chunks."""

@@ -1,0 +1,1 @@
+"""Training: the loop, the fine-tune and pretrain recipes, LoRA, distributed launch."""
