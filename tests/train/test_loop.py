@@ -71,10 +71,10 @@ def test_kill_and_resume_gives_identical_losses(toy_dataset, tmp_path):
     reference = losses(train(cfg_for(toy_dataset, tmp_path / "ref", steps=steps)))
     out = tmp_path / "killed"
     code = (
-        "import sys; sys.path.insert(0, %r)\n"
+        f"import sys; sys.path.insert(0, {REPO!r})\n"
         "from tests.train.test_loop import cfg_for\n"
         "from robofm.train.loop import train\n"
-        "train(cfg_for(%r, %r, steps=%d))\n" % (REPO, toy_dataset, str(out), steps)
+        f"train(cfg_for({toy_dataset!r}, {str(out)!r}, steps={steps}))\n"
     )
     env = {**os.environ, "ROBOFM_PROGRESS": "0"}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
@@ -184,6 +184,6 @@ def test_non_finite_loss_names_the_episodes_and_keeps_the_last_checkpoint(toy_da
     batch = augment_and_batch(next(iter(loader)), cfg.model, train=False, seed=0, step=0)
     batch.actions[2, 0, 0] = float("nan")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(TrainingError, match=r"episode.*\(0, %d\)" % int(batch.episode_index[2])):
+    with pytest.raises(TrainingError, match=rf"episode.*\(0, {int(batch.episode_index[2])}\)"):
         train_step(state, batch, cfg)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
