@@ -98,6 +98,43 @@ def _bench(argv: list[str]) -> int:
     return 0
 
 
+def _train(argv: list[str]) -> int:
+    import tyro
+
+    from robofm.config import TRAIN_PRESETS, get_preset
+    from robofm.train.recipes import RECIPES, with_model
+
+    def take(flag: str, default: str) -> str:
+        if flag in argv:
+            i = argv.index(flag)
+            if i + 1 >= len(argv):
+                raise SystemExit(f"robofm train: {flag} needs a value")
+            value = argv[i + 1]
+            del argv[i : i + 2]
+            return value
+        return default
+
+    argv = list(argv)
+    preset = take("--preset", "finetune")
+    model_preset = take("--model-preset", "small")
+    base = with_model(get_preset(TRAIN_PRESETS, preset, "training preset"), model_preset)
+    cfg = tyro.cli(
+        type(base),
+        default=base,
+        args=argv,
+        prog="robofm train",
+        description=f"Training recipe '{preset}' on model preset '{model_preset}' (choose with "
+        f"--preset {'|'.join(RECIPES)} and --model-preset NAME); any field below overrides.",
+    )
+    result = RECIPES[preset](cfg)
+    print(f"robofm train: {result['step']} steps; checkpoint {result['checkpoint']}")
+    if result.get("val"):
+        print(f"  validation open-loop MAE: {result['val']['val_mae']:.4f} (robot units)")
+    if result.get("merged"):
+        print(f"  LoRA merged into {result['merged']}")
+    return 0
+
+
 def _sim(argv: list[str]) -> int:
     from robofm.sim.commands import main as sim_main
 
@@ -112,8 +149,8 @@ VERBS: dict[str, Verb] = {
     ),
     "train": Verb(
         "pretrain or fine-tune a VLA policy",
-        "robofm train --preset finetune|pretrain [--field value ...]",
-        pending="issue #6, training",
+        "robofm train --preset finetune|pretrain [--model-preset small] --data.paths DIR ...",
+        run=_train,
     ),
     "eval": Verb(
         "closed-loop and offline evaluation, the transfer experiment",
