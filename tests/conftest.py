@@ -6,6 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# One intra-op thread per process (inherited by subprocesses): on a 2-core machine, torch's
+# default thread pool thrashes as soon as anything else runs, and a subprocess that must
+# reproduce in-process results bit for bit needs the same thread count.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("ROBOFM_FIXTURES", REPO.parent / "shared" / "fixtures"))
