@@ -135,6 +135,12 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+def _eval(argv: list[str]) -> int:
+    from robofm.eval.commands import main as eval_main
+
+    return eval_main(argv)
+
+
 def _sim(argv: list[str]) -> int:
     from robofm.sim.commands import main as sim_main
 
@@ -154,8 +160,8 @@ VERBS: dict[str, Verb] = {
     ),
     "eval": Verb(
         "closed-loop and offline evaluation, the transfer experiment",
-        "robofm eval CHECKPOINT --task T --split train|novel_object|... ; robofm eval transfer",
-        pending="issue #7, evaluation",
+        "robofm eval CHECKPOINT|expert|random --task T --split train novel_object ...",
+        run=_eval,
     ),
     "serve": Verb(
         "serve a checkpoint over openpi's websocket protocol",
