@@ -6,8 +6,8 @@ mixture (per-embodiment stats). The last `val_episodes` episodes of each dataset
 out for the open-loop validation pass.
 
 Image augmentation runs in the training process on each batch, with a generator seeded by
-(seed, step, sample), so it is identical whatever the number of DataLoader workers and is
-reproduced exactly on resume.
+(seed, step, sample's position in the global batch), so it is identical whatever the number
+of DataLoader workers or ranks and is reproduced exactly on resume.
 """
 
 from __future__ import annotations
@@ -126,16 +126,28 @@ def make_loader(
 
 
 def augment_and_batch(
-    collated: dict[str, Any], model: ModelConfig, *, train: bool, seed: int, step: int
+    collated: dict[str, Any],
+    model: ModelConfig,
+    *,
+    train: bool,
+    seed: int,
+    step: int,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Batch:
     """uint8 windows -> model `Batch`: per-sample random crop + colour jitter when `train`
-    (generator seeded by (seed, step, sample)), the deterministic centre crop otherwise."""
+    (generator seeded by (seed, step, sample)), the deterministic centre crop otherwise.
+
+    Sample i of rank `rank` is sample `rank + world_size * i` of the step's global batch (the
+    `MixtureSampler` sharding), so W ranks augment exactly as one process with W times the
+    batch would."""
     size = model.image_size
     out = {}
     for cam, frames in collated["images"].items():  # (B, T_obs, H, W, 3) uint8
         views = []
         for i in range(frames.shape[0]):
-            s = int(np.random.SeedSequence([seed, step, i]).generate_state(1)[0])
+            pos = rank + world_size * i
+            s = int(np.random.SeedSequence([seed, step, pos]).generate_state(1)[0])
             views.append(build_image_transform(size, train=train, seed=s)(frames[i]))
         out[cam] = torch.stack(views)  # (B, T_obs, 3, size, size)
     return to_batch({**collated, "images": out})

@@ -12,6 +12,9 @@ losses bit for bit on CPU.
 
 Under `torchrun` (WORLD_SIZE > 1) the model is wrapped in DDP (gloo on CPU, nccl on GPU) or
 sharded with FSDP2 (`TrainConfig.fsdp`); each rank reads its shard of the sampler stream.
+W ranks at batch B see the same samples and augmentations as one process at batch W * B and
+average the gradients; the logged loss is the mean over ranks. Each rank draws its own
+flow/diffusion noise, seeded by (seed, step, rank), so resuming stays exact.
 """
 
 from __future__ import annotations
@@ -176,20 +179,30 @@ def train_step(state: TrainState, batch: Batch, cfg: TrainConfig) -> tuple[Train
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=batch.actions.is_cuda)
     n = max(1, cfg.optim.grad_accum)
     total = 0.0
+    world = _world_size()
     for micro in _micro_batches(batch, n):
         with autocast:
             per_sample = forward(micro)  # (b,) via VLA.forward = compute_loss
         loss = per_sample.float().mean()
-        if not torch.isfinite(loss):
+        reported = loss.detach().clone()
+        if world > 1:  # the mean over all ranks' samples (equal per-rank batches)
+            torch.distributed.all_reduce(reported)
+            reported /= world
+        if not torch.isfinite(reported):  # every rank stops, not only the one with the NaN
             eps = sorted(
                 set(zip(micro.dataset_index.tolist(), micro.episode_index.tolist(), strict=True))
             )
+            where = (
+                f"the batch holds (dataset, episode) {eps[:20]}"
+                if not torch.isfinite(loss)
+                else "another rank's batch caused it (that rank's error names its episodes)"
+            )
             raise TrainingError(
-                f"non-finite loss ({float(loss)}) at step {state.step}; the batch holds "
-                f"(dataset, episode) {eps[:20]}; the last checkpoint is the last good state"
+                f"non-finite loss ({float(reported)}) at step {state.step}; {where}; "
+                "the last checkpoint is the last good state"
             )
         (loss / n).backward()
-        total += float(loss.detach()) / n
+        total += float(reported) / n
     params = [p for p in model.parameters() if p.grad is not None]
     clip = cfg.optim.grad_clip
     grad_norm = (
@@ -236,16 +249,22 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 
 
 def save_training_checkpoint(
-    state: TrainState, data: TrainData, sampler: MixtureSampler, cfg: TrainConfig, path: Path
+    state: TrainState,
+    data: TrainData,
+    sampler: MixtureSampler,
+    cfg: TrainConfig,
+    path: Path,
+    full: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
 ) -> Path:
-    """Weights + normaliser + contract (a servable checkpoint) plus `train_state.pt`, atomic."""
+    """Weights + normaliser + contract (a servable checkpoint) plus `train_state.pt`, atomic.
+    `full`: FSDP's gathered (weights, optimizer state), see `_gather_full`."""
     from robofm.models.checkpoint import save_checkpoint
 
     buf = io.BytesIO()
     torch.save(
         {
             "step": state.step,
-            "optimizer": state.optimizer.state_dict(),
+            "optimizer": full[1] if full else state.optimizer.state_dict(),
             "scheduler": state.scheduler.state_dict(),
             "sampler": sampler.state_dict(consumed=state.step * cfg.data.batch_size),
             "rng": _rng_state(),
@@ -264,7 +283,7 @@ def save_training_checkpoint(
     }
     return save_checkpoint(
         path,
-        state.model,
+        _FullWeights(state.model, full[0]) if full else state.model,
         data.target_normalizer,
         data.spaces,
         build=build,
@@ -336,6 +355,18 @@ def validate(model, data: TrainData, cfg: TrainConfig) -> dict[str, Any]:
 # The run.
 
 
+def _world_size() -> int:
+    """Ranks in the initialised process group; 1 outside torchrun."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed of `rank` at `step` under torchrun. Without it every rank would draw
+    the same flow/diffusion noise and timesteps for its i-th sample (one seed for all)."""
+    return int(np.random.SeedSequence([seed, step, rank, 1]).generate_state(1)[0])
+
+
 def _distributed() -> tuple[int, int]:
     """(rank, world_size); initialises the process group under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -351,14 +382,49 @@ def _distributed() -> tuple[int, int]:
 def _wrap(model: torch.nn.Module, cfg: TrainConfig, world: int) -> torch.nn.Module | None:
     if world <= 1:
         return None
-    if cfg.fsdp:
-        from torch.distributed.fsdp import fully_shard
-
-        for module in model.modules():
-            if type(module).__name__ in ("Block", "_DecoderBlock"):
-                fully_shard(module)
-        return fully_shard(model)
+    if cfg.fsdp:  # sharded in place by `_shard` before the optimizer was built
+        return model
     return torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+
+
+def _shard(model: torch.nn.Module) -> None:
+    """FSDP2, in place: each transformer block of the encoders and trunk, then the rest. The
+    head stays in the root unit: it calls its blocks' attention projections outside their
+    `forward` (cached keys/values), which a per-block unit would not have gathered. The
+    parameters become new (DTensor) objects, so this runs before the optimizer and the
+    freeze map are built."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    for name, module in model.named_modules():
+        if type(module).__name__ == "Block" and not name.startswith("head."):
+            fully_shard(module)
+    fully_shard(model)
+    register_fsdp_forward_method(model, "sample_actions")  # validation gathers weights too
+
+
+def _gather_full(state: TrainState) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """FSDP: full (unsharded, CPU) model and optimizer state dicts; a collective every rank
+    calls, only rank 0 gets the tensors."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(state.model, options=opts)
+    return weights, get_optimizer_state_dict(state.model, state.optimizer, options=opts)
+
+
+class _FullWeights:
+    """What `save_checkpoint` reads from a model (`cfg`, `state_dict()`), with gathered
+    full weights in place of an FSDP model's shards."""
+
+    def __init__(self, model: torch.nn.Module, weights: dict[str, torch.Tensor]):
+        self.cfg, self._weights = model.cfg, weights
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._weights
 
 
 def _build_model(cfg: TrainConfig, data: TrainData):
@@ -408,6 +474,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
         targets = ("language", "vision") if cfg.lora_vision else ("language",)
         apply_lora(model, LoraSpec(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=targets))
+    resumed = latest_checkpoint(out) if cfg.resume else None
+    fsdp = cfg.fsdp and world > 1
+    if fsdp:
+        if cfg.ema_decay > 0:
+            raise TrainingError("ema_decay > 0 is not supported with fsdp; use DDP for EMA")
+        if resumed is not None:  # full weights go in before sharding
+            _load_weights(model, resumed)
+        _shard(model)
     base = initial_trainable(model)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
@@ -422,9 +496,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     state = TrainState(model, optimizer, scheduler)
     if cfg.ema_decay > 0:
         state.ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    resumed = latest_checkpoint(out) if cfg.resume else None
     if resumed is not None:
-        _restore(state, sampler, resumed)
+        _restore(state, sampler, resumed, fsdp=fsdp)
     state.wrapped = _wrap(model, cfg, world)
     loader = make_loader(data.mixture, sampler, cfg.data.batch_size, cfg.data.num_workers)
     batches = iter(loader)
@@ -460,8 +533,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             t0 = time.perf_counter()
             collated = next(batches)
             batch = augment_and_batch(
-                collated, cfg.model, train=cfg.data.image_aug, seed=cfg.seed, step=state.step
+                collated,
+                cfg.model,
+                train=cfg.data.image_aug,
+                seed=cfg.seed,
+                step=state.step,
+                rank=rank,
+                world_size=world,
             )
+            if world > 1:  # own flow/diffusion noise per rank, redrawn identically on resume
+                torch.manual_seed(_step_seed(cfg.seed, state.step, rank))
             t1 = time.perf_counter()
             state, m = train_step(state, batch, cfg)
             t2 = time.perf_counter()
@@ -483,9 +564,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     best = True
                 else:
                     best = False
+                full = _gather_full(state) if fsdp else None
                 if main:
                     path = ckpt_dir / f"step_{state.step:07d}"
-                    last_ckpt = save_training_checkpoint(state, data, sampler, cfg, path)
+                    last_ckpt = save_training_checkpoint(state, data, sampler, cfg, path, full)
                     if best:
                         atomic_write_text(out / "best.txt", path.name + "\n")
                     best_path = (
@@ -513,13 +595,26 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
-def _restore(state: TrainState, sampler: MixtureSampler, path: Path) -> None:
+def _load_weights(model: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import load_file
 
-    weights = load_file(str(path / "model.safetensors"))
-    state.model.load_state_dict(weights, strict=True)
+    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+
+
+def _restore(state: TrainState, sampler: MixtureSampler, path: Path, fsdp: bool = False) -> None:
+    """Everything but, under FSDP, the weights (loaded before sharding)."""
     ts = torch.load(path / TRAIN_STATE_FILE, weights_only=False)
-    state.optimizer.load_state_dict(ts["optimizer"])
+    if fsdp:  # a full optimizer state dict, sharded into this rank's optimizer
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(state.model, state.optimizer, ts["optimizer"], options=opts)
+    else:
+        _load_weights(state.model, path)
+        state.optimizer.load_state_dict(ts["optimizer"])
     state.scheduler.load_state_dict(ts["scheduler"])
     sampler.load_state_dict(ts["sampler"])
     _set_rng_state(ts["rng"])
