@@ -94,6 +94,7 @@ class TrainConfig:
     model_pretrained: bool = True  # build backbones from pretrained weights (False: tiny)
     out_dir: str = "runs/train"  # where checkpoints, logs and plots go
     log_every: int = 10  # steps between log lines
+    trackers: tuple[str, ...] = ()  # extra metric sinks: "tensorboard", "wandb" (if installed)
     ckpt_every: int = 500  # steps between checkpoints (each runs the validation pass)
     val_batches: int = 8  # batches of held-out windows per validation pass
     keep_last: int = 2  # checkpoints kept besides the best one

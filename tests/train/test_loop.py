@@ -187,3 +187,9 @@ def test_non_finite_loss_names_the_episodes_and_keeps_the_last_checkpoint(toy_da
     with pytest.raises(TrainingError, match=rf"episode.*\(0, {int(batch.episode_index[2])}\)"):
         train_step(state, batch, cfg)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_unknown_tracker_is_refused_before_training(toy_dataset, tmp_path):
+    with pytest.raises(TrainingError, match="unknown tracker 'nope'"):
+        train(cfg_for(toy_dataset, tmp_path, trackers=("nope",)))
+    assert latest_checkpoint(tmp_path) is None

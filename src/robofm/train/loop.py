@@ -287,8 +287,57 @@ def save_training_checkpoint(
         data.target_normalizer,
         data.spaces,
         build=build,
-        extra_files={TRAIN_STATE_FILE: buf.getvalue()},
+        extra_files={TRAIN_STATE_FILE: buf.getvalue(), **_ema_file(state)},
     )
+
+
+def _ema_file(state: TrainState) -> dict[str, bytes]:
+    """`ema.safetensors`: the EMA weights, same keys as model.safetensors (serve them by
+    copying over model.safetensors, or load with `load_ema`)."""
+    if state.ema is None:
+        return {}
+    from safetensors.torch import save
+
+    return {"ema.safetensors": save({k: v.contiguous() for k, v in state.ema.items()})}
+
+
+class Trackers:
+    """Optional metric sinks besides log.jsonl: "tensorboard" (torch.utils.tensorboard) and
+    "wandb", each only if installed; asking for a missing one is a clear error."""
+
+    def __init__(self, names: tuple[str, ...], out: Path, config: dict[str, Any]):
+        self.tb = self.wandb = None
+        for name in names:
+            if name == "tensorboard":
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                except ImportError as e:
+                    raise TrainingError(
+                        "tracker 'tensorboard' needs `pip install tensorboard`"
+                    ) from e
+                self.tb = SummaryWriter(str(out / "tensorboard"))
+            elif name == "wandb":
+                try:
+                    import wandb
+                except ImportError as e:
+                    raise TrainingError("tracker 'wandb' needs `pip install wandb`") from e
+                self.wandb = wandb.init(dir=str(out), config=config)
+            else:
+                raise TrainingError(f"unknown tracker {name!r}; use 'tensorboard' or 'wandb'")
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 def _prune(ckpt_dir: Path, keep_last: int, best: Path | None) -> None:
@@ -503,6 +552,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     batches = iter(loader)
     main = rank == 0
     log = RunLog(out) if main else None
+    trackers = Trackers(cfg.trackers, out, config_to_dict(cfg)) if main else None
     if log:
         log.log(
             "train.start",
@@ -557,6 +607,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             bar.set_postfix(loss=f"{m['loss']:.4f}", sps=f"{m['samples_s']:.0f}", refresh=False)
             if log and (state.step % cfg.log_every == 0 or state.step == 1):
                 log.log("train.step", **m)
+                trackers.log(m, state.step)
             if state.step % cfg.ckpt_every == 0 or state.step == cfg.steps:
                 val = validate(model, data, cfg)
                 if val and val["val_mae"] < state.best_val:
@@ -577,6 +628,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     )
                     _prune(ckpt_dir, cfg.keep_last, best_path)
                     log.log("train.checkpoint", step=state.step, path=str(path), **val)
+                    trackers.log(val, state.step)
                 if world > 1:
                     torch.distributed.barrier()
     finally:
@@ -584,6 +636,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if log:
             log.log("train.end", step=state.step)
             log.close()
+            trackers.close()
     if main:
         plot_curves(state.history, out / "training_curves.png")
     return {
