@@ -88,6 +88,7 @@ class TrainConfig:
     lora_vision: bool = False  # also put LoRA adapters on the vision encoder
     head_only: bool = False  # train only the action head (everything else frozen)
     ema_decay: float = 0.0  # EMA of the weights with this decay; 0 = no EMA
+    device: str = "auto"  # "auto" (this rank's GPU if any, else CPU), "cpu", "cuda:0", ...
     fsdp: bool = False  # under torchrun: shard with FSDP2 instead of DDP
     resume: bool = True  # continue from out_dir's latest checkpoint when there is one
     init_from: str = ""  # checkpoint directory to start from; "" = pretrained backbones

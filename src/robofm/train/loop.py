@@ -377,7 +377,9 @@ def validate(model, data: TrainData, cfg: TrainConfig) -> dict[str, Any]:
         if i >= cfg.val_batches:
             break
         batch = augment_and_batch(collated, model.cfg, train=False, seed=cfg.seed, step=i)
-        pred = model.sample_actions(batch.obs, generator=g)[..., :d]  # (B, H, d) normalised
+        batch = batch.to(next(model.parameters()).device)
+        pred = model.sample_actions(batch.obs, generator=g)[..., :d].cpu()  # (B, H, d) normalised
+        batch = batch.to("cpu")
         keep = batch.dataset_index == 0  # the target robot
         if not keep.any():
             continue
@@ -416,6 +418,15 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank, 1]).generate_state(1)[0])
 
 
+def _device(cfg: TrainConfig) -> torch.device:
+    """cfg.device, or under "auto" this rank's CUDA device when there is one, else the CPU."""
+    if cfg.device != "auto":
+        return torch.device(cfg.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def _distributed() -> tuple[int, int]:
     """(rank, world_size); initialises the process group under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -424,6 +435,8 @@ def _distributed() -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), world
 
@@ -517,7 +530,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     data = build_data(cfg.data, cfg.model)
-    model = _build_model(cfg, data)
+    model = _build_model(cfg, data).to(_device(cfg))
     if cfg.lora_rank > 0:
         from robofm.train.lora import LoraSpec, apply_lora
 
@@ -590,7 +603,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 step=state.step,
                 rank=rank,
                 world_size=world,
-            )
+            ).to(_device(cfg))
             if world > 1:  # own flow/diffusion noise per rank, redrawn identically on resume
                 torch.manual_seed(_step_seed(cfg.seed, state.step, rank))
             t1 = time.perf_counter()
