@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -38,6 +37,16 @@ from robofm.data.mixture import MixtureSampler
 from robofm.errors import RobofmError
 from robofm.progress import RunLog, progress
 from robofm.train.data import TrainData, augment_and_batch, build_data, make_loader
+from robofm.train.distributed import (
+    FullWeights,
+    gather_full_state,
+    init_distributed,
+    shard_model,
+    step_seed,
+    train_device,
+    world_size,
+    wrap_model,
+)
 from robofm.types import Batch
 
 TRAIN_STATE_FILE = "train_state.pt"
@@ -179,7 +188,7 @@ def train_step(state: TrainState, batch: Batch, cfg: TrainConfig) -> tuple[Train
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=batch.actions.is_cuda)
     n = max(1, cfg.optim.grad_accum)
     total = 0.0
-    world = _world_size()
+    world = world_size()
     for micro in _micro_batches(batch, n):
         with autocast:
             per_sample = forward(micro)  # (b,) via VLA.forward = compute_loss
@@ -257,7 +266,7 @@ def save_training_checkpoint(
     full: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
 ) -> Path:
     """Weights + normaliser + contract (a servable checkpoint) plus `train_state.pt`, atomic.
-    `full`: FSDP's gathered (weights, optimizer state), see `_gather_full`."""
+    `full`: FSDP's gathered (weights, optimizer state), see `gather_full_state`."""
     from robofm.models.checkpoint import save_checkpoint
 
     buf = io.BytesIO()
@@ -283,7 +292,7 @@ def save_training_checkpoint(
     }
     return save_checkpoint(
         path,
-        _FullWeights(state.model, full[0]) if full else state.model,
+        FullWeights(state.model, full[0]) if full else state.model,
         data.target_normalizer,
         data.spaces,
         build=build,
@@ -406,89 +415,6 @@ def validate(model, data: TrainData, cfg: TrainConfig) -> dict[str, Any]:
 # The run.
 
 
-def _world_size() -> int:
-    """Ranks in the initialised process group; 1 outside torchrun."""
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    """The torch seed of `rank` at `step` under torchrun. Without it every rank would draw
-    the same flow/diffusion noise and timesteps for its i-th sample (one seed for all)."""
-    return int(np.random.SeedSequence([seed, step, rank, 1]).generate_state(1)[0])
-
-
-def _device(cfg: TrainConfig) -> torch.device:
-    """cfg.device, or under "auto" this rank's CUDA device when there is one, else the CPU."""
-    if cfg.device != "auto":
-        return torch.device(cfg.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world_size); initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world
-
-
-def _wrap(model: torch.nn.Module, cfg: TrainConfig, world: int) -> torch.nn.Module | None:
-    if world <= 1:
-        return None
-    if cfg.fsdp:  # sharded in place by `_shard` before the optimizer was built
-        return model
-    return torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-
-
-def _shard(model: torch.nn.Module) -> None:
-    """FSDP2, in place: each transformer block of the encoders and trunk, then the rest. The
-    head stays in the root unit: it calls its blocks' attention projections outside their
-    `forward` (cached keys/values), which a per-block unit would not have gathered. The
-    parameters become new (DTensor) objects, so this runs before the optimizer and the
-    freeze map are built."""
-    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
-
-    for name, module in model.named_modules():
-        if type(module).__name__ == "Block" and not name.startswith("head."):
-            fully_shard(module)
-    fully_shard(model)
-    register_fsdp_forward_method(model, "sample_actions")  # validation gathers weights too
-
-
-def _gather_full(state: TrainState) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """FSDP: full (unsharded, CPU) model and optimizer state dicts; a collective every rank
-    calls, only rank 0 gets the tensors."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
-
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights = get_model_state_dict(state.model, options=opts)
-    return weights, get_optimizer_state_dict(state.model, state.optimizer, options=opts)
-
-
-class _FullWeights:
-    """What `save_checkpoint` reads from a model (`cfg`, `state_dict()`), with gathered
-    full weights in place of an FSDP model's shards."""
-
-    def __init__(self, model: torch.nn.Module, weights: dict[str, torch.Tensor]):
-        self.cfg, self._weights = model.cfg, weights
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self._weights
-
-
 def _build_model(cfg: TrainConfig, data: TrainData):
     from robofm.models.vla import VLA
 
@@ -523,14 +449,14 @@ def _build_model(cfg: TrainConfig, data: TrainData):
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run `cfg` to `cfg.steps` (resuming from `out_dir` when possible); returns the final
     metrics, the last checkpoint path and the per-step history."""
-    rank, world = _distributed()
+    rank, world = init_distributed()
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoints"
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     data = build_data(cfg.data, cfg.model)
-    model = _build_model(cfg, data).to(_device(cfg))
+    model = _build_model(cfg, data).to(train_device(cfg))
     if cfg.lora_rank > 0:
         from robofm.train.lora import LoraSpec, apply_lora
 
@@ -543,7 +469,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             raise TrainingError("ema_decay > 0 is not supported with fsdp; use DDP for EMA")
         if resumed is not None:  # full weights go in before sharding
             _load_weights(model, resumed)
-        _shard(model)
+        shard_model(model)
     base = initial_trainable(model)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
@@ -560,7 +486,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         state.ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if resumed is not None:
         _restore(state, sampler, resumed, fsdp=fsdp)
-    state.wrapped = _wrap(model, cfg, world)
+    state.wrapped = wrap_model(model, cfg, world)
     loader = make_loader(data.mixture, sampler, cfg.data.batch_size, cfg.data.num_workers)
     batches = iter(loader)
     main = rank == 0
@@ -603,9 +529,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 step=state.step,
                 rank=rank,
                 world_size=world,
-            ).to(_device(cfg))
+            ).to(train_device(cfg))
             if world > 1:  # own flow/diffusion noise per rank, redrawn identically on resume
-                torch.manual_seed(_step_seed(cfg.seed, state.step, rank))
+                torch.manual_seed(step_seed(cfg.seed, state.step, rank))
             t1 = time.perf_counter()
             state, m = train_step(state, batch, cfg)
             t2 = time.perf_counter()
@@ -628,7 +554,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     best = True
                 else:
                     best = False
-                full = _gather_full(state) if fsdp else None
+                full = gather_full_state(state) if fsdp else None
                 if main:
                     path = ckpt_dir / f"step_{state.step:07d}"
                     last_ckpt = save_training_checkpoint(state, data, sampler, cfg, path, full)
