@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from robofm.data.stats import Normalizer
+from robofm.data.transforms import build_image_transform
 from robofm.spaces import SpacesFile
 from robofm.types import (
     OBS_IMAGES,
@@ -61,6 +61,8 @@ class Policy:
         self.seed = seed
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.history: deque = deque(maxlen=model.cfg.n_obs_steps)
+        scale = tuple(getattr(model, "transforms", {}).get("image_crop_scale", (1.0, 1.0)))
+        self._transform = build_image_transform(model.cfg.image_size, train=False, scale=scale)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kw) -> Policy:
@@ -88,16 +90,12 @@ class Policy:
         self.generator.manual_seed(self.seed)
 
     def _images(self, obs: dict) -> dict[str, torch.Tensor]:
-        size = self.model.cfg.image_size
+        """Each camera through the deterministic variant of the training image transform:
+        centre crop (when training used random crops) and resize, in plain torch."""
         out = {}
         for cam in self.cameras:
             img = torch.from_numpy(np.ascontiguousarray(obs[OBS_IMAGES][cam]))
-            x = img.permute(2, 0, 1)[None].float().div_(255.0)  # (1, 3, H, W) in [0, 1]
-            if x.shape[-2:] != (size, size):
-                x = F.interpolate(
-                    x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-                )
-            out[cam] = x
+            out[cam] = self._transform(img)[None]  # (1, 3, size, size) in [0, 1]
         return out
 
     @torch.inference_mode()

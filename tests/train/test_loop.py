@@ -193,3 +193,27 @@ def test_unknown_tracker_is_refused_before_training(toy_dataset, tmp_path):
     with pytest.raises(TrainingError, match="unknown tracker 'nope'"):
         train(cfg_for(toy_dataset, tmp_path, trackers=("nope",)))
     assert latest_checkpoint(tmp_path) is None
+
+
+def test_policy_applies_the_deterministic_variant_of_the_training_crop(toy_dataset, tmp_path):
+    import numpy as np
+
+    from robofm.policy import Policy
+    from robofm.train.data import augment_and_batch
+
+    result = train(cfg_for(toy_dataset, tmp_path, steps=2))
+    policy = Policy.from_checkpoint(result["checkpoint"])
+    assert policy.model.transforms == {"image_crop_scale": [0.8, 1.0]}
+    frame = np.random.default_rng(0).integers(0, 255, (24, 40, 3), dtype=np.uint8)
+    seen = policy._images({"images": {"front": frame}})["front"][0]  # (3, 16, 16)
+    collated = {
+        "images": {"front": torch.from_numpy(frame)[None, None]},
+        "actions": torch.zeros(1, 4, 3),
+        "state": torch.zeros(1, 1, 2),
+        "action_is_pad": torch.zeros(1, 4, dtype=torch.bool),
+        "task": ["go left"],
+        "episode_index": torch.zeros(1, dtype=torch.long),
+    }
+    model_cfg = policy.model.cfg
+    val = augment_and_batch(collated, model_cfg, train=False, seed=0, step=0).obs.images
+    torch.testing.assert_close(seen, val["front"][0, 0])  # what validation saw

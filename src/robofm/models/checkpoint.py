@@ -39,13 +39,16 @@ def save_checkpoint(
     spaces: SpacesFile,
     *,
     build: dict[str, Any],
+    transforms: dict[str, Any] | None = None,
     extra_files: dict[str, bytes] | None = None,
     overwrite: bool = True,
 ) -> Path:
     """Write `model` (a VLA), its normaliser and contract to `path` atomically.
 
     `build` holds the VLA constructor arguments besides the config (cameras, state_dims,
-    action_dim, pretrained, vision_path, language_path). `extra_files` (name -> bytes) adds
+    action_dim, pretrained, vision_path, language_path). `transforms` records the input
+    transforms the policy must apply (e.g. {"image_crop_scale": [0.8, 1.0]}, the training
+    crop whose deterministic centre-crop variant inference uses). `extra_files` (name -> bytes) adds
     training state such as optimizer.pt. Returns the final path.
     """
     path = Path(path)
@@ -58,6 +61,7 @@ def save_checkpoint(
             "version": CHECKPOINT_VERSION,
             "model": config_to_dict(model.cfg),
             "build": {**build, "cameras": list(build["cameras"])},
+            "transforms": dict(transforms or getattr(model, "transforms", {}) or {}),
         }
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         save_stats(tmp / "stats.json", normalizer)
@@ -88,6 +92,12 @@ def read_checkpoint_meta(path: str | Path) -> tuple[ModelConfig, dict[str, Any]]
     return cfg, build
 
 
+def read_transforms(path: str | Path) -> dict[str, Any]:
+    """The input transforms recorded in `path/config.json` ({} when none)."""
+    body = json.loads((Path(path) / "config.json").read_text())
+    return dict(body.get("transforms") or {})
+
+
 def load_checkpoint(path: str | Path, device: str = "cpu"):
     """(VLA in eval mode, Normalizer, SpacesFile) from a checkpoint directory.
 
@@ -114,4 +124,5 @@ def load_checkpoint(path: str | Path, device: str = "cpu"):
             f"{path}: stats.json does not match the stats hash in action_space.json "
             f"({normalizer.stats_sha256[:12]} vs {spaces.stats_sha256[:12]})"
         )
+    model.transforms = read_transforms(path)  # what Policy applies to camera frames
     return model.to(device).eval(), normalizer, spaces

@@ -29,6 +29,12 @@ from robofm.spaces import ActionSpace, SpacesFile, StateSpace
 from robofm.types import Batch
 
 STAT_KEYS = ("action", "observation.state")
+AUG_CROP_SCALE = (0.8, 1.0)  # random-resized-crop area range when DataConfig.image_aug
+
+
+def crop_scale(image_aug: bool) -> tuple[float, float]:
+    """The crop area range training used; the policy applies its deterministic variant."""
+    return AUG_CROP_SCALE if image_aug else (1.0, 1.0)
 
 
 @dataclass
@@ -134,13 +140,16 @@ def augment_and_batch(
     step: int,
     rank: int = 0,
     world_size: int = 1,
+    crop_scale: tuple[float, float] = (0.8, 1.0),
 ) -> Batch:
     """uint8 windows -> model `Batch`: per-sample random crop + colour jitter when `train`
     (generator seeded by (seed, step, sample)), the deterministic centre crop otherwise.
 
     Sample i of rank `rank` is sample `rank + world_size * i` of the step's global batch (the
     `MixtureSampler` sharding), so W ranks augment exactly as one process with W times the
-    batch would."""
+    batch would. `crop_scale` is the random crop's area range; its deterministic variant
+    (the centre crop the policy also applies) keeps sqrt(mean area) of each side, so
+    (1.0, 1.0) means no crop at all."""
     size = model.image_size
     out = {}
     for cam, frames in collated["images"].items():  # (B, T_obs, H, W, 3) uint8
@@ -148,6 +157,8 @@ def augment_and_batch(
         for i in range(frames.shape[0]):
             pos = rank + world_size * i
             s = int(np.random.SeedSequence([seed, step, pos]).generate_state(1)[0])
-            views.append(build_image_transform(size, train=train, seed=s)(frames[i]))
+            views.append(
+                build_image_transform(size, train=train, seed=s, scale=crop_scale)(frames[i])
+            )
         out[cam] = torch.stack(views)  # (B, T_obs, 3, size, size)
     return to_batch({**collated, "images": out})

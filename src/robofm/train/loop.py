@@ -36,7 +36,13 @@ from robofm.config import TrainConfig, config_to_dict
 from robofm.data.mixture import MixtureSampler
 from robofm.errors import RobofmError
 from robofm.progress import RunLog, progress
-from robofm.train.data import TrainData, augment_and_batch, build_data, make_loader
+from robofm.train.data import (
+    TrainData,
+    augment_and_batch,
+    build_data,
+    crop_scale,
+    make_loader,
+)
 from robofm.train.distributed import (
     FullWeights,
     gather_full_state,
@@ -296,6 +302,7 @@ def save_training_checkpoint(
         data.target_normalizer,
         data.spaces,
         build=build,
+        transforms={"image_crop_scale": list(crop_scale(cfg.data.image_aug))},
         extra_files={TRAIN_STATE_FILE: buf.getvalue(), **_ema_file(state)},
     )
 
@@ -385,7 +392,14 @@ def validate(model, data: TrainData, cfg: TrainConfig) -> dict[str, Any]:
     for i, collated in enumerate(loader):
         if i >= cfg.val_batches:
             break
-        batch = augment_and_batch(collated, model.cfg, train=False, seed=cfg.seed, step=i)
+        batch = augment_and_batch(
+            collated,
+            model.cfg,
+            train=False,
+            seed=cfg.seed,
+            step=i,
+            crop_scale=crop_scale(cfg.data.image_aug),
+        )
         batch = batch.to(next(model.parameters()).device)
         pred = model.sample_actions(batch.obs, generator=g)[..., :d].cpu()  # (B, H, d) normalised
         batch = batch.to("cpu")
@@ -529,6 +543,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 step=state.step,
                 rank=rank,
                 world_size=world,
+                crop_scale=crop_scale(cfg.data.image_aug),
             ).to(train_device(cfg))
             if world > 1:  # own flow/diffusion noise per rank, redrawn identically on resume
                 torch.manual_seed(step_seed(cfg.seed, state.step, rank))
