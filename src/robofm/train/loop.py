@@ -240,7 +240,7 @@ def train_step(state: TrainState, batch: Batch, cfg: TrainConfig) -> tuple[Train
         "step": state.step,
         "loss": total,
         "grad_norm": grad_norm,
-        "lr": state.optimizer.param_groups[0]["lr"],
+        "lr": next(g["lr"] for g in state.optimizer.param_groups if g["name"] == "policy"),
     }
     return state, metrics
 
