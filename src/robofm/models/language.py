@@ -32,6 +32,7 @@ from robofm.models.hf_backbones import (
     require_transformers,
 )
 from robofm.models.layers import Transformer
+from robofm.models.sizes import LANGUAGE_SIZES, VLM_SIZES
 
 __all__ = [
     "LANGUAGE_BACKBONES",
@@ -270,6 +271,6 @@ def build_language(
             f"unknown language backbone {name!r}; valid names: {sorted(LANGUAGE_BACKBONES)}"
         )
     kw = {"size": size} if size else {}
-    if size and name not in ("gemma", "qwen2", "llama", "paligemma", "idefics3"):
+    if size and name not in {**LANGUAGE_SIZES, **VLM_SIZES}:
         raise ConfigError(f"language backbone {name!r} has no named sizes")
     return LANGUAGE_BACKBONES[name](path=path, width=width, tiny=tiny, trainable=trainable, **kw)

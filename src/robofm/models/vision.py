@@ -176,6 +176,21 @@ def _warn_random(name: str, pretrained: bool) -> None:
         )
 
 
+# Test-sized HF tower: hidden 64, 2 layers, 2 heads, 8 px patches.
+TINY_TOWER = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, patch_size=8
+)
+
+
+def _random_tower_dims(name: str, size: str, pretrained: bool) -> dict:
+    """Dimensions of a randomly initialised HF tower: a named full size, else tiny (with a
+    warning when pretrained weights were asked for)."""
+    if size:
+        return lookup(VISION_SIZES, name, size)
+    _warn_random(name, pretrained)
+    return TINY_TOWER
+
+
 def build_siglip(
     *, image_size: int, pretrained: bool, path: str | None, size: str = "", **_
 ) -> VisionEncoder:
@@ -186,23 +201,11 @@ def build_siglip(
     if path:
         # The attention-pooling head is never used for tokens; dropping it keeps DDP happy.
         model = _hf_load(SiglipVisionModel, path, vision_use_head=False)
-    elif size:
-        dims = lookup(VISION_SIZES, "siglip", size)
+    else:
+        dims = _random_tower_dims("siglip", size, pretrained)
         model = SiglipVisionModel(
             SiglipVisionConfig(**dims, image_size=image_size, vision_use_head=False)
         )
-    else:
-        _warn_random("siglip", pretrained)
-        cfg = SiglipVisionConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            patch_size=8,
-            image_size=image_size,
-            vision_use_head=False,
-        )
-        model = SiglipVisionModel(cfg)
     return HFVisionEncoder(model, image_size, drop_cls=False, stats=_processor_stats(path))
 
 
@@ -215,20 +218,9 @@ def build_vit_hf(
 
     if path:
         model = _hf_load(ViTModel, path, add_pooling_layer=False)
-    elif size:
-        dims = lookup(VISION_SIZES, "vit_hf", size)
-        model = ViTModel(ViTConfig(**dims, image_size=image_size), add_pooling_layer=False)
     else:
-        _warn_random("vit_hf", pretrained)
-        cfg = ViTConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            patch_size=8,
-            image_size=image_size,
-        )
-        model = ViTModel(cfg, add_pooling_layer=False)
+        dims = _random_tower_dims("vit_hf", size, pretrained)
+        model = ViTModel(ViTConfig(**dims, image_size=image_size), add_pooling_layer=False)
     return HFVisionEncoder(model, image_size, drop_cls=True, stats=_processor_stats(path))
 
 

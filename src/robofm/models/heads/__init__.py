@@ -16,26 +16,17 @@ from robofm.models.heads.flow import FlowHead
 from robofm.models.heads.regression import RegressionHead
 
 
+def _decoder_args(cfg: ModelConfig) -> dict:
+    """The transformer sizes every head's decoder/expert shares."""
+    return {"depth": cfg.head_depth, "heads": cfg.num_heads, "dropout": cfg.dropout}
+
+
 def _bins(cfg: ModelConfig, width: int, action_dim: int) -> nn.Module:
-    return BinsHead(
-        width,
-        action_dim,
-        cfg.chunk_len,
-        depth=cfg.head_depth,
-        heads=cfg.num_heads,
-        dropout=cfg.dropout,
-    )
+    return BinsHead(width, action_dim, cfg.chunk_len, **_decoder_args(cfg))
 
 
 def _regression(cfg: ModelConfig, width: int, action_dim: int) -> nn.Module:
-    return RegressionHead(
-        width,
-        action_dim,
-        cfg.chunk_len,
-        depth=cfg.head_depth,
-        heads=cfg.num_heads,
-        dropout=cfg.dropout,
-    )
+    return RegressionHead(width, action_dim, cfg.chunk_len, **_decoder_args(cfg))
 
 
 def _flow(cfg: ModelConfig, width: int, action_dim: int) -> nn.Module:
@@ -44,10 +35,8 @@ def _flow(cfg: ModelConfig, width: int, action_dim: int) -> nn.Module:
         action_dim,
         cfg.chunk_len,
         expert_width=cfg.expert_width,
-        depth=cfg.head_depth,
-        heads=cfg.num_heads,
         steps=cfg.flow_steps,
-        dropout=cfg.dropout,
+        **_decoder_args(cfg),
     )
 
 
