@@ -19,6 +19,7 @@ def test_lora_finetune_trains_adapters_and_exports_a_merged_checkpoint(toy_datas
     with pytest.warns(UserWarning, match="outside the usual"):  # the test's lr is high
         result = finetune(cfg)
     model, _, _ = load_checkpoint(result["merged"])  # plain architecture: strict load
+    assert model.transforms == {"image_crop_scale": [0.8, 1.0]}  # inference crops as training
     assert not any("lora" in k for k in model.state_dict())
     policy = Policy.from_checkpoint(result["merged"])
     obs = {

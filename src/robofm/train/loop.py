@@ -472,10 +472,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     data = build_data(cfg.data, cfg.model)
     model = _build_model(cfg, data).to(train_device(cfg))
     if cfg.lora_rank > 0:
-        from robofm.train.lora import LoraSpec, apply_lora
+        from robofm.train.lora import apply_lora, spec_from_config
 
-        targets = ("language", "vision") if cfg.lora_vision else ("language",)
-        apply_lora(model, LoraSpec(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=targets))
+        apply_lora(model, spec_from_config(cfg))
     resumed = latest_checkpoint(out) if cfg.resume else None
     fsdp = cfg.fsdp and world > 1
     if fsdp:

@@ -221,3 +221,9 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter tensors only (the lora_A / lora_B weights), under the model's state_dict
     names: what a LoRA run has to save besides the parts outside the targets."""
     return {k: v for k, v in model.state_dict().items() if _is_adapter(k)}
+
+
+def spec_from_config(cfg) -> LoraSpec:
+    """The LoraSpec a `TrainConfig` asks for (`lora_rank`, `lora_alpha`, `lora_vision`)."""
+    targets = ("language", "vision") if cfg.lora_vision else ("language",)
+    return LoraSpec(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=targets)

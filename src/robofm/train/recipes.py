@@ -54,16 +54,15 @@ def export_merged(checkpoint: str, cfg: TrainConfig):
     from safetensors.torch import load_file
 
     from robofm.data.stats import load_normalizer
-    from robofm.models.checkpoint import read_checkpoint_meta, save_checkpoint
+    from robofm.models.checkpoint import read_checkpoint_meta, read_transforms, save_checkpoint
     from robofm.models.vla import VLA
     from robofm.spaces import load_spaces
-    from robofm.train.lora import LoraSpec, apply_lora, merge_lora
+    from robofm.train.lora import apply_lora, merge_lora, spec_from_config
 
     path = Path(checkpoint)
     mcfg, build = read_checkpoint_meta(path)
     model = VLA(mcfg, **build)
-    targets = ("language", "vision") if cfg.lora_vision else ("language",)
-    apply_lora(model, LoraSpec(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=targets))
+    apply_lora(model, spec_from_config(cfg))
     model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
     merge_lora(model)
     out = path.with_name(path.name + "_merged")
@@ -74,6 +73,7 @@ def export_merged(checkpoint: str, cfg: TrainConfig):
             load_normalizer(path / "stats.json"),
             load_spaces(path / "action_space.json"),
             build=build,
+            transforms=read_transforms(path),  # the merged policy crops as training did
         )
     return out
 
