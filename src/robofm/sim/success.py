@@ -59,9 +59,7 @@ def check_success(env: TabletopEnv) -> bool:
     family = task.family
     if family in ("lift", "ground"):
         return _lifted(env, 0)
-    if family == "pick_place":
-        return _on_receptacle(env, 0, task.goal) and _resting(env, 0)
-    if family == "push":
+    if family in ("pick_place", "push"):
         return _on_receptacle(env, 0, task.goal) and _resting(env, 0)
     if family == "stack":
         return _stacked(env, 0, task.goal) and _resting(env, 0)
