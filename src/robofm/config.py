@@ -57,6 +57,7 @@ class DataConfig:
     val_episodes: int = 0  # episodes per dataset held out for validation
     norm_mode: str = "mean_std"  # "mean_std", "min_max" or "quantile" (q01/q99)
     image_aug: bool = True  # random resized crop + colour jitter at train time
+    cache_features: bool = True  # frozen vision + no image_aug: encode each frame only once
 
 
 @dataclass(frozen=True)

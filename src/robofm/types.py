@@ -47,6 +47,9 @@ class Observation:
     state_mask: torch.Tensor  # (B, S) bool, True for the embodiment's real state dims
     prompt: list[str]  # B instruction strings
     embodiment: list[str]  # B robot names (ActionSpace.robot), picks per-embodiment adapters
+    # camera -> (B, T_obs, N, C) cached outputs of a frozen vision encoder; a camera listed
+    # here is not run through the encoder again (its `images` entry may then be absent)
+    image_features: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
@@ -62,6 +65,7 @@ class Observation:
             state_mask=self.state_mask.to(device),
             prompt=list(self.prompt),
             embodiment=list(self.embodiment),
+            image_features={k: v.to(device) for k, v in self.image_features.items()},
         )
 
 

@@ -193,6 +193,12 @@ class Mixture(torch.utils.data.Dataset):
         sample["state_mask"] = _prefix_mask(dataset.state_dim, self.state_dim)  # (S_max,)
         sample["action_mask"] = _prefix_mask(dataset.action_dim, self.action_dim)  # (D_max,)
 
+        features = sample.pop("image_features", None)
+        if features is not None:  # cached frozen-encoder outputs stand in for the frames
+            sample["image_features"], sample["image_mask"] = self._features(features)
+            sample["dataset_index"] = k
+            sample["embodiment"] = self.embodiments[k]
+            return sample
         images, image_mask = {}, {}
         for cam in self.cameras:
             h, w = self.image_sizes[cam]
@@ -212,6 +218,12 @@ class Mixture(torch.utils.data.Dataset):
         sample["dataset_index"] = k
         sample["embodiment"] = self.embodiments[k]
         return sample
+
+    def _features(self, features: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bool]]:
+        """Every camera of the union: the cached features, zeros where the dataset lacks it."""
+        like = next(iter(features.values()))  # (T_obs, N, C)
+        out = {cam: features.get(cam, torch.zeros_like(like)) for cam in self.cameras}
+        return out, {cam: cam in features for cam in self.cameras}
 
     def __repr__(self) -> str:
         parts = ", ".join(
@@ -254,11 +266,12 @@ def to_batch(collated: dict[str, Any]) -> Batch:
     state = collated["state"].float()  # (B, T_obs, S)
     b = actions.shape[0]
     images = {}
-    for cam, x in collated["images"].items():
+    for cam, x in collated.get("images", {}).items():
         if x.dtype == torch.uint8:
             x = x.permute(0, 1, 4, 2, 3).float() / 255.0  # (B, T_obs, 3, Hpx, Wpx)
         images[cam] = x
-    default_mask = {cam: torch.ones(b, dtype=torch.bool) for cam in images}
+    features = {cam: x.float() for cam, x in collated.get("image_features", {}).items()}
+    default_mask = {cam: torch.ones(b, dtype=torch.bool) for cam in [*images, *features]}
     obs = Observation(
         images=images,
         image_mask=collated.get("image_mask", default_mask),  # cam -> (B,)
@@ -266,6 +279,7 @@ def to_batch(collated: dict[str, Any]) -> Batch:
         state_mask=collated.get("state_mask", torch.ones(b, state.shape[-1], dtype=torch.bool)),
         prompt=list(collated["task"]),
         embodiment=list(collated.get("embodiment", [""] * b)),
+        image_features=features,  # cam -> (B, T_obs, N, C), cached frozen-encoder outputs
     )
     return Batch(
         obs=obs,

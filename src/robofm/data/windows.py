@@ -54,6 +54,7 @@ class WindowDataset(torch.utils.data.Dataset):
     binary search, so random access is O(log n_episodes). Samples are dicts:
 
     - `images`: {cam: uint8 (T_obs, Hpx, Wpx, 3)}, or whatever `image_transform` returns;
+      replaced by `image_features`: {cam: (T_obs, N, C)} while `features` is attached;
     - `state`: float32 (T_obs, S) robot units ((T_obs, 0) when the source has no state);
     - `actions`: float32 (H, D) robot units;
     - `action_is_pad`: bool (H,), True where step t + k is past the episode's last step;
@@ -116,6 +117,9 @@ class WindowDataset(torch.utils.data.Dataset):
                 f"{source.name}: episode position(s) {bad} out of range for {n_src} episodes"
             )
         self._load_lowdim(positions)
+        # cam -> (rows, N, C) per-frame encoder outputs, row = episode_starts[k] + step; set
+        # by robofm.train.features while the vision encoder is frozen, None otherwise
+        self.features: dict[str, torch.Tensor] | None = None
 
     # -----------------------------------------------------------------------------------------
     # Construction: low-dim arrays once, concatenated.
@@ -207,9 +211,15 @@ class WindowDataset(torch.utils.data.Dataset):
         if self.pad_mode == "zero":
             actions[action_is_pad] = 0.0
 
-        images = {cam: self._frames(k, cam, obs_steps) for cam in self.cameras}
+        out: dict[str, Any] = {}
+        if self.features is not None:  # cached encoder outputs instead of decoded frames
+            rows = start + obs_steps
+            out["image_features"] = {cam: f[rows] for cam, f in self.features.items()}
+        else:
+            out["images"] = {cam: self._frames(k, cam, obs_steps) for cam in self.cameras}
         return {
-            "images": images,  # cam -> (T_obs, Hpx, Wpx, 3) uint8, or transformed
+            **out,  # images: cam -> (T_obs, Hpx, Wpx, 3) uint8 (or transformed); or
+            # image_features: cam -> (T_obs, N, C) when features are attached
             "state": self.states[start + obs_steps],  # (T_obs, S)
             "actions": actions,  # (H, D)
             "action_is_pad": action_is_pad,  # (H,)

@@ -107,10 +107,22 @@ class MobileNetEncoder(VisionEncoder):
         )
         self.features = mobilenet.build_features()
         mobilenet.init_weights(self.features)
+        self.frozen_bn = pretrained  # BatchNorm keeps its ImageNet statistics (see `train`)
         if pretrained:
             full = mobilenet.load_imagenet_state_dict(path)
             own = {k[len("features.") :]: v for k, v in full.items() if k.startswith("features.")}
             self.features.load_state_dict(own, strict=True)
+
+    def train(self, mode: bool = True) -> MobileNetEncoder:
+        """Pretrained weights keep BatchNorm in eval mode (frozen statistics, as detection and
+        policy fine-tuning do): small robot batches would skew the ImageNet running stats,
+        and training would see batch statistics the policy never sees at inference."""
+        super().train(mode)
+        if self.frozen_bn:
+            for m in self.features.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
 
     def forward(self, images: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         self.check_cond(cond)

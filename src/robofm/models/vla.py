@@ -117,14 +117,32 @@ class VLA(nn.Module):
             mask[i, : tok.shape[0]] = True
         return tokens, mask
 
-    def encode_images(self, images: dict[str, torch.Tensor], cond: torch.Tensor | None = None):
-        """camera -> (B, T_obs, 3, H, W) in [0, 1]  ->  (B, cams*T_obs*N, W) projected tokens."""
+    def vision_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, T_obs, 3, H, W) in [0, 1] -> (B, T_obs, N, Cv) raw encoder outputs, what the
+        training feature cache stores while the encoder is frozen (unconditioned only)."""
+        b, t = images.shape[:2]
+        return self.vision(images.flatten(0, 1)).unflatten(0, (b, t))
+
+    def encode_images(
+        self,
+        images: dict[str, torch.Tensor],
+        cond: torch.Tensor | None = None,
+        features: dict[str, torch.Tensor] | None = None,
+    ):
+        """camera -> (B, T_obs, 3, H, W) in [0, 1]  ->  (B, cams*T_obs*N, W) projected tokens.
+        A camera in `features` (B, T_obs, N, Cv) uses those cached encoder outputs instead."""
         out = []
+        features = features or {}
         for c, cam in enumerate(self.cameras):
-            x = images[cam]
-            b, t = x.shape[:2]
-            cond_bt = None if cond is None else cond.repeat_interleave(t, 0)
-            feats = self.vision(x.flatten(0, 1), cond_bt)  # (B*T, N, Cv)
+            if cam in features:
+                feats = features[cam].to(self.img_pos.dtype)
+                b, t = feats.shape[:2]
+                feats = feats.flatten(0, 1)  # (B*T, N, Cv)
+            else:
+                x = images[cam]
+                b, t = x.shape[:2]
+                cond_bt = None if cond is None else cond.repeat_interleave(t, 0)
+                feats = self.vision(x.flatten(0, 1), cond_bt)  # (B*T, N, Cv)
             feats = self.img_proj(feats).view(b, t, -1, self.width) + self.img_pos[c, :t][None]
             out.append(feats.flatten(1, 2))  # (B, T*N, W)
         return torch.cat(out, dim=1)
@@ -144,7 +162,7 @@ class VLA(nn.Module):
             )
         if self.kind == "lm":
             ids, mask = self.encode_text(obs.prompt, device)
-            img = self.encode_images(obs.images)
+            img = self.encode_images(obs.images, features=obs.image_features)
             seq = torch.cat([img, self.language.embed_tokens(ids), state_tok], 1)
             m = torch.cat([ones(img.shape[1]), mask, ones(state_tok.shape[1])], 1)
             return Prefix(self.language(seq, m), m)
@@ -153,7 +171,7 @@ class VLA(nn.Module):
         if self.vision is not None and self.vision.cond_dim:
             m = tmask.to(text.dtype)[..., None]
             cond = (text * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, Wl) mean-pooled text
-        img = self.encode_images(obs.images, cond)
+        img = self.encode_images(obs.images, cond, obs.image_features)
         seq = torch.cat([img, self.text_proj(text), state_tok], 1)
         m = torch.cat([ones(img.shape[1]), tmask, ones(state_tok.shape[1])], 1)
         return Prefix(self.trunk(seq, mask=m[:, None, None, :]), m)

@@ -150,6 +150,8 @@ def augment_and_batch(
     batch would. `crop_scale` is the random crop's area range; its deterministic variant
     (the centre crop the policy also applies) keeps sqrt(mean area) of each side, so
     (1.0, 1.0) means no crop at all."""
+    if "image_features" in collated:  # cached frozen-encoder outputs: nothing to augment
+        return to_batch(collated)
     size = model.image_size
     out = {}
     for cam, frames in collated["images"].items():  # (B, T_obs, H, W, 3) uint8

@@ -53,6 +53,7 @@ from robofm.train.distributed import (
     world_size,
     wrap_model,
 )
+from robofm.train.features import MAX_CACHE_BYTES, attach, cache_blocker, cache_bytes, detach
 from robofm.types import Batch
 
 TRAIN_STATE_FILE = "train_state.pt"
@@ -110,6 +111,9 @@ def apply_phase(model: torch.nn.Module, cfg: TrainConfig, step: int, base: dict[
         if name.startswith("vision.") and frozen_vision:
             trainable = False
         p.requires_grad_(trainable)
+    vision = getattr(model, "vision", None)
+    if vision is not None and model.training:  # a frozen encoder is a fixed function
+        vision.train(not (frozen_vision or cfg.head_only))
     if cfg.head_only:
         return "head only"
     return "vision frozen" if frozen_vision else "vision trainable"
@@ -164,6 +168,7 @@ def _micro_batches(batch: Batch, n: int) -> list[Batch]:
             o,
             images={c: v[sl] for c, v in o.images.items()},
             image_mask={c: v[sl] for c, v in o.image_mask.items()},
+            image_features={c: v[sl] for c, v in o.image_features.items()},
             state=o.state[sl],
             state_mask=o.state_mask[sl],
             prompt=o.prompt[sl],
@@ -429,6 +434,22 @@ def validate(model, data: TrainData, cfg: TrainConfig) -> dict[str, Any]:
 # The run.
 
 
+def _use_cache(model, cfg: TrainConfig, mixtures: list, blocker: str, log) -> bool:
+    """Attach the frozen-encoder feature cache while the vision encoder is frozen (and
+    nothing blocks it), drop it otherwise. Returns whether batches now carry features."""
+    frozen = not any(p.requires_grad for p in model.vision.parameters()) if model.vision else False
+    if not frozen or blocker:
+        detach(mixtures)
+        return False
+    need = cache_bytes(mixtures, model)
+    if need > MAX_CACHE_BYTES:
+        if log:
+            log.log("train.cache_skipped", bytes=need, limit=MAX_CACHE_BYTES)
+        return False
+    attach(mixtures, model, cfg.model.image_size)
+    return True
+
+
 def _build_model(cfg: TrainConfig, data: TrainData):
     from robofm.models.vla import VLA
 
@@ -501,7 +522,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         _restore(state, sampler, resumed, fsdp=fsdp)
     state.wrapped = wrap_model(model, cfg, world)
     loader = make_loader(data.mixture, sampler, cfg.data.batch_size, cfg.data.num_workers)
-    batches = iter(loader)
+    batches = None  # the loader's iterator, (re)started when the feature cache comes or goes
+    mixtures = [m for m in (data.mixture, data.val) if m is not None]
+    blocker = cache_blocker(model, cfg)
     main = rank == 0
     log = RunLog(out) if main else None
     trackers = Trackers(cfg.trackers, out, config_to_dict(cfg)) if main else None
@@ -523,14 +546,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     try:
         while state.step < cfg.steps:
             phase = apply_phase(model, cfg, state.step, base)
-            if phase != state.phase:
+            if phase != state.phase or batches is None:
                 state.phase = phase
+                cached = _use_cache(model, cfg, mixtures, blocker, log)
+                # continue the sample stream at the first sample not yet trained on
+                sampler.consumed = state.step * cfg.data.batch_size  # endless stream: epoch 0
+                batches = iter(loader)
                 if log:
                     log.log(
                         "train.phase",
                         step=state.step,
                         phase=phase,
                         trainable=trainable_counts(model),
+                        cached_features=cached,
                     )
             t0 = time.perf_counter()
             collated = next(batches)
