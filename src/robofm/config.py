@@ -30,6 +30,7 @@ class ModelConfig:
     language: str = "minilm"  # language backbone registry name
     vision_size: str = ""  # named full size of an HF vision tower (models/sizes.py); "" = default
     language_size: str = ""  # named full size of an HF LM/VLM (models/sizes.py); "" = default
+    vision_stride: int = 0  # token-map stride of a CNN encoder (mobilenet_v2: 16, 32); 0 = default
     freeze_backbones: bool = False  # keep vision + language weights frozen (SmolVLA-style)
     max_text_tokens: int = 32  # instruction tokens kept (longer prompts are truncated)
     head: str = "flow"  # action head: "bins", "regression", "flow" or "diffusion"

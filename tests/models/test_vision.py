@@ -193,3 +193,33 @@ def test_unknown_name_lists_valid_names():
         build_vision("resnet_9000", image_size=32)
     for name in VISION_ENCODERS:
         assert name in str(info.value)
+
+
+def test_mobilenet_stride16_tokens_are_block13_of_the_pretrained_trunk(imagenet_classifier):
+    enc = build_vision("mobilenet_v2", image_size=96, pretrained=True, stride=16).eval()
+    assert (enc.num_tokens, enc.width) == (36, 96) and len(enc.features) == 14
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        tokens = enc(x)  # (2, 36, 96)
+        want = imagenet_classifier.features[:14](enc.normalise(x))  # (2, 96, 6, 6)
+    assert tokens.shape == (2, 36, 96)
+    torch.testing.assert_close(tokens, want.flatten(2).transpose(1, 2))
+
+
+def test_pretrained_mobilenet_keeps_batchnorm_statistics_in_train_mode():
+    enc = build_vision("mobilenet_v2", image_size=64, pretrained=True).train()
+    bn = enc.features[1].conv[0][1]  # a BatchNorm2d
+    before = bn.running_mean.clone()
+    x = torch.rand(4, 3, 64, 64)
+    out = enc(x)
+    assert torch.equal(bn.running_mean, before) and not bn.training
+    torch.testing.assert_close(out, enc.eval()(x))  # train mode computes what eval mode does
+    scratch = build_vision("mobilenet_v2", image_size=64, pretrained=False).train()
+    assert scratch.features[1].conv[0][1].training  # random init learns its statistics
+
+
+def test_stride_is_refused_where_it_means_nothing():
+    with pytest.raises(ConfigError, match="stride"):
+        build_vision("mobilenet_v2", image_size=96, pretrained=False, stride=8)
+    with pytest.raises(ConfigError, match="vision_stride"):
+        build_vision("small_vit", image_size=32, pretrained=False, stride=16)

@@ -20,6 +20,7 @@ import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -90,28 +91,32 @@ def feature_map_tokens(f: torch.Tensor) -> torch.Tensor:
 
 
 class MobileNetEncoder(VisionEncoder):
-    """ImageNet MobileNetV2 trunk; tokens are the final 1280-channel map, (B, ceil(H/32)^2, 1280).
-
-    At 96 px that is a 3x3 grid of 9 tokens. Only `features` is kept (the classifier is dropped),
-    under the same key names as torchvision so its checkpoints map one to one.
+    """ImageNet MobileNetV2 trunk. With `stride` 32 the tokens are the final 1280-channel map,
+    (B, ceil(H/32)^2, 1280): a 3x3 grid at 96 px. With `stride` 16 they are block 13's
+    96-channel map, (B, ceil(H/16)^2, 96): a 6x6 grid at 96 px, fine enough to place objects a
+    few pixels wide, and the later blocks are not built. Only `features` is kept (the
+    classifier is dropped), under torchvision's key names so its checkpoints map one to one.
     """
 
-    def __init__(self, image_size: int, pretrained: bool = True, path: str | None = None):
-        grid = math.ceil(image_size / mobilenet.TOTAL_STRIDE)
-        super().__init__(
-            mobilenet.FEATURE_CHANNELS,
-            grid * grid,
-            0,
-            mobilenet.IMAGENET_MEAN,
-            mobilenet.IMAGENET_STD,
-        )
-        self.features = mobilenet.build_features()
-        mobilenet.init_weights(self.features)
+    def __init__(
+        self, image_size: int, pretrained: bool = True, path: str | None = None, stride: int = 32
+    ):
+        if stride not in mobilenet.STRIDE_CUTS:
+            raise ConfigError(
+                f"mobilenet_v2 stride must be one of {sorted(mobilenet.STRIDE_CUTS)}, got {stride}"
+            )
+        keep, channels = mobilenet.STRIDE_CUTS[stride]
+        grid = math.ceil(image_size / stride)
+        super().__init__(channels, grid * grid, 0, mobilenet.IMAGENET_MEAN, mobilenet.IMAGENET_STD)
+        self.stride = stride
+        features = mobilenet.build_features()
+        mobilenet.init_weights(features)
         self.frozen_bn = pretrained  # BatchNorm keeps its ImageNet statistics (see `train`)
         if pretrained:
             full = mobilenet.load_imagenet_state_dict(path)
             own = {k[len("features.") :]: v for k, v in full.items() if k.startswith("features.")}
-            self.features.load_state_dict(own, strict=True)
+            features.load_state_dict(own, strict=True)
+        self.features = features[:keep]
 
     def train(self, mode: bool = True) -> MobileNetEncoder:
         """Pretrained weights keep BatchNorm in eval mode (frozen statistics, as detection and
@@ -126,7 +131,7 @@ class MobileNetEncoder(VisionEncoder):
 
     def forward(self, images: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         self.check_cond(cond)
-        return feature_map_tokens(self.features(self.normalise(images)))  # (B, N, 1280)
+        return feature_map_tokens(self.features(self.normalise(images)))  # (B, N, C)
 
 
 # ---- transformers towers -------------------------------------------------------------------
@@ -369,10 +374,11 @@ def build_resnet_film(*, image_size: int, width: int, cond_dim: int, **_) -> Vis
 
 
 def build_mobilenet_v2(
-    *, image_size: int, pretrained: bool, path: str | None, **_
+    *, image_size: int, pretrained: bool, path: str | None, stride: int = 32, **_
 ) -> VisionEncoder:
-    """MobileNetV2 with ImageNet weights (or `path`, a torchvision-layout .pth) or random init."""
-    return MobileNetEncoder(image_size, pretrained=pretrained, path=path)
+    """MobileNetV2 with ImageNet weights (or `path`, a torchvision-layout .pth) or random init;
+    `stride` 16 or 32 picks the token map (see `MobileNetEncoder`)."""
+    return MobileNetEncoder(image_size, pretrained=pretrained, path=path, stride=stride)
 
 
 # ---- registry ------------------------------------------------------------------------------
@@ -386,6 +392,7 @@ VISION_ENCODERS: dict[str, Callable[..., VisionEncoder]] = {
 }
 CONDITIONED = frozenset({"resnet_film"})  # encoders that take a cond vector
 ACCEPTS_PATH = frozenset({"mobilenet_v2", "siglip", "vit_hf"})  # encoders that load from `path`
+STRIDED = frozenset({"mobilenet_v2"})  # encoders whose token-map stride is a choice
 
 
 def build_vision(
@@ -397,6 +404,7 @@ def build_vision(
     pretrained: bool = True,
     path: str | None = None,
     size: str = "",
+    stride: int = 0,
 ) -> VisionEncoder:
     """Build the vision encoder registered as `name`.
 
@@ -409,6 +417,8 @@ def build_vision(
         path: local weights: an HF directory (siglip, vit_hf) or a .pth (mobilenet_v2).
         size: a named full size of an HF tower (`robofm.models.sizes.VISION_SIZES`), random
             init; "" = tiny. Ignored when `path` is given.
+        stride: output stride of the token map of a CNN encoder with a choice of maps
+            (`STRIDED`: mobilenet_v2 16 or 32); 0 = the encoder's default.
     """
     if name not in VISION_ENCODERS:
         raise ConfigError(
@@ -422,7 +432,11 @@ def build_vision(
         raise ConfigError(f"vision encoder {name!r} is built from scratch and takes no path")
     if size and name not in VISION_SIZES:
         raise ConfigError(f"vision encoder {name!r} has no named sizes")
-    kw = {"size": size} if size else {}
+    if stride and name not in STRIDED:
+        raise ConfigError(f"vision encoder {name!r} has one token map; vision_stride must be 0")
+    kw: dict[str, Any] = {"size": size} if size else {}
+    if stride:
+        kw["stride"] = stride
     return VISION_ENCODERS[name](
         image_size=image_size,
         width=width,

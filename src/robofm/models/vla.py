@@ -69,6 +69,7 @@ class VLA(nn.Module):
                 pretrained=pretrained,
                 path=vision_path,
                 size=cfg.vision_size,
+                stride=cfg.vision_stride,
             )
             n_img = self.vision.num_tokens
             self.img_proj = nn.Linear(self.vision.width, w)
