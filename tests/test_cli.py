@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,18 +56,32 @@ def test_unknown_verb_and_version():
     assert out.returncode == 0 and out.stdout.startswith("robofm ")
 
 
-def test_demo_runs_available_stages_and_reports_the_rest(tmp_path):
+def test_demo_quick_runs_every_stage_end_to_end(tmp_path):
     out = robofm("demo", "--quick", "--out-dir", str(tmp_path / "demo"))
     assert out.returncode == 0, out.stderr
-    report = (tmp_path / "demo" / "report.md").read_text()
-    assert "| setup | done |" in report
-    assert "| record | done |" in report and "| check | done |" in report
-    assert (tmp_path / "demo" / "data" / "meta" / "info.json").exists()
-    assert (tmp_path / "demo" / "quality" / "quality_report.json").exists()
-    assert "not in this build" in report  # skipped stages are reported, not hidden
-    log = (tmp_path / "demo" / "log.jsonl").read_text().splitlines()
+    demo = tmp_path / "demo"
+    report = (demo / "report.md").read_text()
+    for stage in ("setup", "record", "check", "finetune", "eval"):
+        assert re.search(rf"^\| {stage} \| \d+ s \|", report, re.M), stage
+    assert "| transfer | not run (`--full` only) |" in report
+    assert (demo / "data" / "meta" / "info.json").exists()
+    assert (demo / "quality" / "quality_report.json").exists()
+    assert (demo / "train" / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the table: one row per split, n episodes each, and the seen rate stated in the report
+    results = json.loads((demo / "eval" / "results.json").read_text())
+    pooled = results["pooled"]
+    assert list(pooled) == ["train", "novel_object", "novel_instruction", "novel_scene"]
+    assert all(row["n"] == 2 for row in pooled.values())
+    seen = pooled["train"]["rate"]
+    assert f"**Seen-split success: {100 * seen:.0f}%**" in report
+    for split in pooled:
+        assert re.search(rf"^\| lift \| {split} \| \d/2 \|", report, re.M), split
+    assert (demo / "eval" / "success.png").exists()
+    assert len(list((demo / "eval" / "videos").glob("*.mp4"))) == 4  # one per split
+    log = (demo / "log.jsonl").read_text().splitlines()
     assert '"event": "demo.start"' in log[0] and '"event": "demo.end"' in log[-1]
-    assert "ran setup, record, check" in out.stdout
+    assert "ran setup, record, check, finetune, eval" in out.stdout
+    assert f"seen-split success {100 * seen:.0f}%" in out.stdout
 
 
 def test_bad_option_is_a_usage_error():

@@ -36,16 +36,20 @@ def _demo(argv: list[str]) -> int:
         DemoConfig,
         args=argv,
         prog="robofm demo",
-        description="Record demonstrations, check them, fine-tune, evaluate and report, on the "
-        "embedded defaults. Stages not in this build are listed and skipped.",
+        description="Record demonstrations, check them, train a policy from the pretrained "
+        "backbones, evaluate it closed-loop on seen and novel splits and report, on the embedded "
+        "defaults. --quick: a smaller version for a first look; --full: add the transfer "
+        "experiment (pretrained vs scratch).",
     )
     result = run_demo(cfg)
-    print(f"robofm demo: ran {', '.join(result['ran']) or 'nothing'}")
-    for name, values in result["results"].items():
-        for key, value in values.items():
-            print(f"  {name}.{key}: {value}")
-    if result["skipped"]:
-        print(f"robofm demo: skipped (not in this build yet): {', '.join(result['skipped'])}")
+    times = ", ".join(f"{k} {v:.0f}s" for k, v in result["times_s"].items())
+    print(f"robofm demo: ran {', '.join(result['ran'])} ({times})")
+    if "eval" in result["results"]:
+        ev = result["results"]["eval"]
+        print(
+            f"robofm demo: seen-split success {100 * ev['seen_success']:.0f}%, "
+            f"unseen average {100 * ev['unseen_average']:.0f}%"
+        )
     print(f"robofm demo: report written to {result['report']}")
     return 0
 
@@ -160,7 +164,8 @@ VERBS: dict[str, Verb] = {
     ),
     "eval": Verb(
         "closed-loop and offline evaluation, the transfer experiment",
-        "robofm eval CHECKPOINT|expert|random --task T --split train novel_object ...",
+        "robofm eval CHECKPOINT|expert|random --task T --split train novel_object ... | "
+        "robofm eval offline CHECKPOINT --data DIR | robofm eval transfer [--seeds 0 1]",
         run=_eval,
     ),
     "serve": Verb(

@@ -11,11 +11,20 @@ from robofm.sim.tasks import SPLITS, TASKS
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "offline":
+        from robofm.eval.offline import offline_main
+
+        return offline_main(argv[1:])
+    if argv and argv[0] == "transfer":
+        from robofm.eval.transfer import transfer_main
+
+        return transfer_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="robofm eval",
         description="Closed-loop rollouts in the MuJoCo benchmark. POLICY is a checkpoint "
-        "directory, or 'expert' / 'random' for the reference policies. (The pretrained-vs-"
-        "scratch transfer experiment lands with the rest of issue #7.)",
+        "directory, or 'expert' / 'random' for the reference policies. Also: `robofm eval "
+        "offline --help` (open-loop metrics on dataset episodes) and `robofm eval transfer "
+        "--help` (pretrained vs scratch).",
     )
     parser.add_argument("policy", help="checkpoint directory, 'expert' or 'random'")
     parser.add_argument("--task", nargs="+", default=["pick_place"], help=f"of {list(TASKS)}")

@@ -15,6 +15,7 @@ instruction string, so repeated prompts (every control step) cost nothing.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import torch
@@ -29,6 +30,28 @@ from robofm.models.vision import build_vision
 from robofm.types import Batch, Observation
 
 TEXT_CACHE_SIZE = 4096  # instructions whose frozen-encoder features are kept
+
+
+def grid_position_code(n: int, width: int) -> torch.Tensor:
+    """(N, W) fixed 2D sine-cosine code of a row-major square token grid (half the channels
+    encode the row, half the column, at geometric frequencies, as in MAE), zeros when N is
+    not a square. It starts the learned image position embedding with the geometry built in,
+    so the trunk can read an attended token's place from the first step."""
+    g = math.isqrt(n)
+    if g * g != n or width < 4:
+        return torch.zeros(n, width)
+    rows, cols = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
+
+    def code(pos: torch.Tensor, d: int) -> torch.Tensor:  # (N,) -> (N, d)
+        freq = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float32) / (d // 2))
+        angle = pos.flatten().float()[:, None] * freq[None]
+        return torch.cat([angle.sin(), angle.cos()], 1)
+
+    half = width // 2 // 2 * 2
+    out = torch.zeros(n, width)
+    out[:, :half] = code(rows, half)
+    out[:, half : 2 * half] = code(cols, half)
+    return out
 
 
 class VLA(nn.Module):
@@ -73,9 +96,10 @@ class VLA(nn.Module):
             )
             n_img = self.vision.num_tokens
             self.img_proj = nn.Linear(self.vision.width, w)
-            self.img_pos = nn.Parameter(
-                torch.randn(len(self.cameras), cfg.n_obs_steps, n_img, w) * 0.02
-            )  # (cams, T_obs, N, W)
+            pos = torch.randn(len(self.cameras), cfg.n_obs_steps, n_img, w) * 0.02
+            if self.kind == "encoder":  # robofm's trunk has no other notion of image layout
+                pos = pos + grid_position_code(n_img, w)
+            self.img_pos = nn.Parameter(pos)  # (cams, T_obs, N, W)
         if self.kind == "encoder":
             self.text_proj = nn.Linear(self.language.width, w)
             self.trunk = Transformer(w, cfg.depth, cfg.num_heads, dropout=cfg.dropout)
