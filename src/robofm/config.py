@@ -120,8 +120,9 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
         flow_steps=4,
         diffusion_steps=4,
     ),
-    # The CPU demo: pretrained MobileNetV2 (ImageNet) + frozen MiniLM sentence encoder.
-    "small": ModelConfig(width=512, depth=6, num_heads=8, head_depth=3),
+    # The CPU demo: pretrained MobileNetV2 (ImageNet, stride-16 map: 6x6 tokens per 96 px
+    # camera) + frozen MiniLM sentence encoder; a trunk sized to train in minutes on 2 cores.
+    "small": ModelConfig(vision_stride=16, width=384, depth=4, num_heads=6, head_depth=2),
     # pi0-sized: PaliGemma 3B (SigLIP so400m + Gemma 2B) + a ~300M flow action expert.
     # Built on the meta device for parameter counts; real weights come from `path`.
     "pi0": ModelConfig(

@@ -43,7 +43,6 @@ class Recipe:
     """How one policy is trained and evaluated; shared by both arms and by `robofm demo`."""
 
     model_preset: str = "small"  # a key of MODEL_PRESETS
-    vision_stride: int = 16  # MobileNetV2 token map: 6x6 per 96 px camera
     steps: int = 1000  # optimizer steps
     batch_size: int = 32  # windows per step
     lr: float = 3e-4  # peak lr; the trunk and head start from random init
@@ -57,7 +56,7 @@ class Recipe:
 
     def model(self, arm: str) -> tuple[ModelConfig, bool]:
         """The arm's architecture and whether its backbones load pretrained weights."""
-        base = replace(MODEL_PRESETS[self.model_preset], vision_stride=self.vision_stride)
+        base = MODEL_PRESETS[self.model_preset]
         if arm == "pretrained":
             return base, True
         if arm == "scratch":  # same vision architecture, random init; word encoder for text
