@@ -280,7 +280,8 @@ def _report_md(
         f"({total_s:.0f} s); output in `{cfg.out_dir}`.",
         "",
         f"Tasks {', '.join(plan.tasks)}: {plan.episodes} scripted demonstrations per task "
-        f"(train split); `{r.model_preset}` preset, {r.steps} steps of batch {r.batch_size} at lr {r.lr:g}; "
+        f"(train split); `{r.model_preset}` preset, {r.steps} steps of batch {r.batch_size} "
+        f"at lr {r.lr:g}; "
         f"{r.eval_episodes} closed-loop episodes per task and split, replanning every "
         f"{r.replan_every} actions.",
         "",
