@@ -237,3 +237,18 @@ def test_incomplete_or_tampered_checkpoint_is_refused(tmp_path):
     (path / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"missing model\.safetensors"):
         load_checkpoint(path)
+
+
+def test_grid_position_code_starts_cnn_token_positions_with_the_layout():
+    from robofm.models.vla import grid_position_code
+
+    code = grid_position_code(36, 64)  # a 6x6 map
+    assert code.shape == (36, 64)
+    assert not torch.equal(code[0, :32], code[6, :32])  # rows differ in the row half
+    assert torch.equal(code[0, :32], code[5, :32])  # same row, same row code
+    assert torch.equal(code[0, 32:], code[30, 32:])  # same column, same column code
+    assert len({tuple(r.tolist()) for r in code}) == 36  # every cell distinct
+    assert torch.count_nonzero(grid_position_code(10, 64)) == 0  # not a square grid
+    cnn = VLA(tiny(vision="resnet_film"), **BUILD)
+    vit = VLA(tiny(), **BUILD)  # small_vit adds its own position embeddings
+    assert cnn.img_pos.abs().max() > 0.5 and vit.img_pos.abs().max() < 0.5

@@ -50,7 +50,11 @@ class VisionEncoder(nn.Module):
         width: C, channels of each output token.
         num_tokens: N, tokens per image at the `image_size` the encoder was built with.
         cond_dim: size of the conditioning vector (> 0 only for FiLM encoders).
+        positional: the tokens already carry their place in the image (ViTs add position
+            embeddings; a CNN's feature map carries little absolute position).
     """
+
+    positional = False
 
     def __init__(
         self,
@@ -159,6 +163,8 @@ class HFVisionEncoder(VisionEncoder):
     position embeddings are interpolated.
     """
 
+    positional = True
+
     def __init__(self, model: nn.Module, image_size: int, drop_cls: bool, stats: tuple):
         cfg = model.config
         grid = image_size // _side(cfg.patch_size)
@@ -250,6 +256,8 @@ class SmallViT(VisionEncoder):
     The patch is image_size // 8 (at least 4 px), so N = 64 tokens from 32 px upward
     (16-64 below). Attention uses `scaled_dot_product_attention` (via `layers.Transformer`).
     """
+
+    positional = True
 
     def __init__(self, image_size: int, width: int = 256, depth: int = 4, heads: int | None = None):
         patch = max(4, image_size // 8)

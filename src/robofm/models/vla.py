@@ -97,8 +97,8 @@ class VLA(nn.Module):
             n_img = self.vision.num_tokens
             self.img_proj = nn.Linear(self.vision.width, w)
             pos = torch.randn(len(self.cameras), cfg.n_obs_steps, n_img, w) * 0.02
-            if self.kind == "encoder":  # robofm's trunk has no other notion of image layout
-                pos = pos + grid_position_code(n_img, w)
+            if self.kind == "encoder" and not self.vision.positional:
+                pos = pos + grid_position_code(n_img, w)  # CNN maps: the trunk needs the layout
             self.img_pos = nn.Parameter(pos)  # (cams, T_obs, N, W)
         if self.kind == "encoder":
             self.text_proj = nn.Linear(self.language.width, w)
