@@ -102,4 +102,4 @@ def test_small_transfer_run_end_to_end(tmp_path):
     assert (out / "transfer.png").read_bytes()[:8] == PNG
     assert (out / "data_efficiency.png").read_bytes()[:8] == PNG
     assert "Transfer: pretrained backbones vs from scratch" in (out / "transfer.md").read_text()
-    assert (out / "data" / "demos_3" / "meta" / "info.json").exists()
+    assert (out / "data" / "lift_3" / "meta" / "info.json").exists()

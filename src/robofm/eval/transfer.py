@@ -159,7 +159,7 @@ def record_demos(tasks: tuple[str, ...], n: int, out: Path, seed: int = 0) -> st
     larger recording are these same episodes); reuses a complete earlier recording."""
     from robofm.sim.record import RecordConfig, record
 
-    path = out / f"demos_{n}"
+    path = out / f"{'-'.join(tasks)}_{n}"  # names what it holds, so reuse is safe
     if (path / "meta" / "info.json").exists():
         return str(path)
     record(RecordConfig(tasks=tasks, episodes=n, seed=seed), path, overwrite=True)
@@ -288,7 +288,11 @@ def transfer_markdown(report: dict[str, Any]) -> str:
     for arm, row in report["table"].items():
         pairs = zip(row["train"]["per_seed"], row["unseen_avg"]["per_seed"], strict=True)
         lines.append(f"- {arm}: " + ", ".join(f"{100 * a:.0f}% / {100 * b:.0f}%" for a, b in pairs))
-    lines += ["", "## Data efficiency (seed " + str(cfg["seeds"][0]) + ")", ""]
+    lines += [
+        "",
+        f"## Data efficiency (seed {cfg['seeds'][0]}; at {cfg['demos']} demos, all seeds)",
+        "",
+    ]
     lines += ["| arm | demos | seen | unseen average |", "| --- | --- | --- | --- |"]
     for arm, points in report["efficiency"].items():
         for p in points:
