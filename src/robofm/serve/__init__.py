@@ -1,0 +1,1 @@
+"""Serving: openpi-compatible websocket policy server, light client, robot runtime, safety layer."""
