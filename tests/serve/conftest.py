@@ -21,9 +21,7 @@ def sim_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("serve_ckpt")
     data = root / "lift"
-    record(
-        RecordConfig(tasks=("lift",), episodes=2, workers=1, image_size=SERVE_IMAGE_PX), data
-    )
+    record(RecordConfig(tasks=("lift",), episodes=2, workers=1, image_size=SERVE_IMAGE_PX), data)
     model = replace(MODEL_PRESETS["tiny"], image_size=SERVE_IMAGE_PX, chunk_len=SERVE_CHUNK_LEN)
     cfg = TrainConfig(
         model=model,

@@ -12,7 +12,7 @@ of DataLoader workers or ranks and is reproduced exactly on resume.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -108,7 +108,8 @@ def build_data(data: DataConfig, model: ModelConfig) -> TrainData:
         val=val,
         sources=sources,
         normalizers=normalizers,
-        spaces=SpacesFile(spaces[0], state_space),
+        # the checkpointed contract states the chunk the model returns, H = model.chunk_len
+        spaces=SpacesFile(replace(spaces[0], chunk_len=model.chunk_len), state_space),
         state_dims=state_dims,
         action_dim=mixture.action_dim,
     )
