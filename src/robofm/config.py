@@ -30,7 +30,11 @@ class ModelConfig:
     language: str = "minilm"  # language backbone registry name
     vision_size: str = ""  # named full size of an HF vision tower (models/sizes.py); "" = default
     language_size: str = ""  # named full size of an HF LM/VLM (models/sizes.py); "" = default
-    vision_stride: int = 0  # token-map stride of a CNN encoder (mobilenet_v2: 16, 32); 0 = default
+    vision_stride: int = 0  # CNN token-map stride (mobilenet_v2: 8, 16, 32); 0 = default
+    image_readout: str = "grid"  # CNN map -> tokens: "grid" (one per cell) or "keypoints"
+    readout_keypoints: int = 16  # K: instruction-conditioned keypoints per camera ("keypoints")
+    readout_width: int = 64  # hidden channels of the keypoint readout
+    trunk: str = "transformer"  # encoder-kind fusion: "transformer" or "mlp" (one prefix token)
     freeze_backbones: bool = False  # keep vision + language weights frozen (SmolVLA-style)
     max_text_tokens: int = 32  # instruction tokens kept (longer prompts are truncated)
     head: str = "flow"  # action head: "bins", "regression", "flow" or "diffusion"
@@ -120,9 +124,20 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
         flow_steps=4,
         diffusion_steps=4,
     ),
-    # The CPU demo: pretrained MobileNetV2 (ImageNet, stride-16 map: 6x6 tokens per 96 px
-    # camera) + frozen MiniLM sentence encoder; a trunk sized to train in minutes on 2 cores.
-    "small": ModelConfig(vision_stride=16, width=384, depth=4, num_heads=6, head_depth=2),
+    # The CPU demo: pretrained MobileNetV2 (ImageNet, stride-8 map: 12x12 cells per 96 px
+    # camera) read out as 16 instruction-conditioned keypoints per camera, frozen MiniLM, an
+    # MLP fusion trunk and the L1 chunk head: learns lift in minutes on 2 cores (README).
+    "small": ModelConfig(
+        vision_stride=8,
+        image_readout="keypoints",
+        trunk="mlp",
+        head="regression",
+        width=512,
+        depth=2,
+        num_heads=8,
+        head_depth=1,
+        chunk_len=4,
+    ),
     # pi0-sized: PaliGemma 3B (SigLIP so400m + Gemma 2B) + a ~300M flow action expert.
     # Built on the meta device for parameter counts; real weights come from `path`.
     "pi0": ModelConfig(

@@ -85,7 +85,7 @@ class DemoPlan:
 
 
 DEFAULT_RECIPE = Recipe()
-DEFAULT_EPISODES = 300  # demonstrations per task: recording is cheap next to training
+DEFAULT_EPISODES = 1500  # demonstrations per task: scene variety is what teaches localisation
 DEMO_PLANS = {
     "quick": DemoPlan(
         tasks=("lift",),

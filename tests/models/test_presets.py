@@ -12,7 +12,7 @@ from robofm.models.params import param_report
     ("preset", "total_m", "trainable_m"),
     [
         ("tiny", (0.1, 5), (0.1, 5)),  # CI: under 5M parameters
-        ("small", (28, 40), (6, 15)),  # CPU demo: ~9M trainable next to frozen MiniLM (22M)
+        ("small", (26, 36), (5, 12)),  # CPU demo: ~7M trainable next to frozen MiniLM (22M)
         ("smolvla-size", (380, 480), (80, 130)),  # SmolVLA: ~450M in all, ~100M trainable
         ("pi0", (3100, 3500), (3100, 3500)),  # PaliGemma 3B + ~300M expert
         ("openvla", (6900, 7700), (6900, 7700)),  # Llama 2 7B + SigLIP so400m

@@ -220,6 +220,6 @@ def test_pretrained_mobilenet_keeps_batchnorm_statistics_in_train_mode():
 
 def test_stride_is_refused_where_it_means_nothing():
     with pytest.raises(ConfigError, match="stride"):
-        build_vision("mobilenet_v2", image_size=96, pretrained=False, stride=8)
+        build_vision("mobilenet_v2", image_size=96, pretrained=False, stride=4)
     with pytest.raises(ConfigError, match="vision_stride"):
         build_vision("small_vit", image_size=32, pretrained=False, stride=16)

@@ -43,9 +43,9 @@ class Recipe:
     """How one policy is trained and evaluated; shared by both arms and by `robofm demo`."""
 
     model_preset: str = "small"  # a key of MODEL_PRESETS
-    steps: int = 1000  # optimizer steps
-    batch_size: int = 32  # windows per step
-    lr: float = 3e-4  # peak lr; the trunk and head start from random init
+    steps: int = 4000  # optimizer steps
+    batch_size: int = 64  # windows per step
+    lr: float = 1e-3  # peak lr; the readout, trunk and head start from random init
     warmup_steps: int = 50  # linear warmup
     freeze_vision_frac: float = 1.0  # vision frozen for this fraction of the steps
     val_episodes: int = 4  # held out per dataset for the open-loop validation

@@ -24,7 +24,7 @@ FEATURE_CHANNELS = 1280  # channels of the last feature map (features.18)
 TOTAL_STRIDE = 32  # five stride-2 convolutions
 # output stride -> (modules of `features` kept, channels of that map): the stride-16 map is
 # block 13's 96-channel output, 4x the tokens of the final map for small objects at low res
-STRIDE_CUTS = {16: (14, 96), 32: (19, FEATURE_CHANNELS)}
+STRIDE_CUTS = {8: (7, 32), 16: (14, 96), 32: (19, FEATURE_CHANNELS)}
 
 # (expansion t, output channels c, repeats n, first stride s) per stage, width multiplier 1.0.
 INVERTED_RESIDUAL_SETTINGS = (

@@ -22,10 +22,12 @@ import torch
 from torch import nn
 
 from robofm.config import ModelConfig
+from robofm.errors import ConfigError
 from robofm.models.embodiment import EmbodimentAdapters
 from robofm.models.heads import Prefix, build_head
 from robofm.models.language import build_language
 from robofm.models.layers import Transformer
+from robofm.models.readout import KeypointReadout, MLPTrunk
 from robofm.models.vision import build_vision
 from robofm.types import Batch, Observation
 
@@ -82,6 +84,7 @@ class VLA(nn.Module):
         w = cfg.width if self.kind == "encoder" else self.language.width
         self.width = w
         self.vision = None  # a VLM brings its own vision tower
+        self.readout = None  # keypoint readout of the vision tokens (image_readout)
         if self.kind != "vlm":
             film = cfg.vision == "resnet_film"
             self.vision = build_vision(
@@ -94,15 +97,31 @@ class VLA(nn.Module):
                 size=cfg.vision_size,
                 stride=cfg.vision_stride,
             )
-            n_img = self.vision.num_tokens
-            self.img_proj = nn.Linear(self.vision.width, w)
+            n_img, img_width = self.vision.num_tokens, self.vision.width
+            if cfg.image_readout == "keypoints":
+                self.readout = self._build_readout(cfg)
+                n_img, img_width = cfg.readout_keypoints, self.readout.out_width
+            elif cfg.image_readout != "grid":
+                raise ConfigError(
+                    f"image_readout must be 'grid' or 'keypoints', got {cfg.image_readout!r}"
+                )
+            self.img_proj = nn.Linear(img_width, w)
             pos = torch.randn(len(self.cameras), cfg.n_obs_steps, n_img, w) * 0.02
-            if self.kind == "encoder" and not self.vision.positional:
+            if self.kind == "encoder" and not self.vision.positional and self.readout is None:
                 pos = pos + grid_position_code(n_img, w)  # CNN maps: the trunk needs the layout
             self.img_pos = nn.Parameter(pos)  # (cams, T_obs, N, W)
         if self.kind == "encoder":
             self.text_proj = nn.Linear(self.language.width, w)
-            self.trunk = Transformer(w, cfg.depth, cfg.num_heads, dropout=cfg.dropout)
+            if cfg.trunk == "transformer":
+                self.trunk = Transformer(w, cfg.depth, cfg.num_heads, dropout=cfg.dropout)
+            elif cfg.trunk == "mlp":
+                # tokens: images (cams * T_obs * N), pooled instruction (1), state (T_obs + 1)
+                n_tok = len(self.cameras) * cfg.n_obs_steps * n_img + cfg.n_obs_steps + 2
+                self.trunk = MLPTrunk(n_tok, w, cfg.depth, dropout=cfg.dropout)
+            else:
+                raise ConfigError(f"trunk must be 'transformer' or 'mlp', got {cfg.trunk!r}")
+        elif cfg.trunk != "transformer":
+            raise ConfigError(f"trunk {cfg.trunk!r} needs an encoder-kind language backbone")
         self.embodiments = EmbodimentAdapters(w, state_dims)
         self.head = build_head(cfg, w, self.action_dim)
         if cfg.freeze_backbones:
@@ -110,6 +129,20 @@ class VLA(nn.Module):
                 for p in module.parameters() if module is not None else ():
                     p.requires_grad_(False)
         self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    def _build_readout(self, cfg: ModelConfig) -> KeypointReadout:
+        """Keypoint readout over a square CNN map, FiLM-conditioned on the pooled instruction."""
+        grid = math.isqrt(self.vision.num_tokens)
+        square = grid * grid == self.vision.num_tokens
+        if self.kind != "encoder" or self.vision.positional or not square:
+            raise ConfigError(
+                "image_readout='keypoints' needs a CNN vision encoder (square token map) and an "
+                f"encoder-kind language backbone; got vision={cfg.vision!r}, "
+                f"language={cfg.language!r}"
+            )
+        return KeypointReadout(
+            self.vision.width, grid, cfg.readout_keypoints, cfg.readout_width, self.language.width
+        )
 
     # ---- encoders ------------------------------------------------------------------------
 
@@ -166,8 +199,12 @@ class VLA(nn.Module):
             else:
                 x = images[cam]
                 b, t = x.shape[:2]
-                cond_bt = None if cond is None else cond.repeat_interleave(t, 0)
+                cond_bt = None
+                if cond is not None and self.vision.cond_dim:
+                    cond_bt = cond.repeat_interleave(t, 0)
                 feats = self.vision(x.flatten(0, 1), cond_bt)  # (B*T, N, Cv)
+            if self.readout is not None:
+                feats = self.readout(feats.float(), cond.repeat_interleave(t, 0))  # (B*T, K, Cr)
             feats = self.img_proj(feats).view(b, t, -1, self.width) + self.img_pos[c, :t][None]
             out.append(feats.flatten(1, 2))  # (B, T*N, W)
         return torch.cat(out, dim=1)
@@ -192,11 +229,13 @@ class VLA(nn.Module):
             m = torch.cat([ones(img.shape[1]), mask, ones(state_tok.shape[1])], 1)
             return Prefix(self.language(seq, m), m)
         text, tmask = self.encode_text(obs.prompt, device)
-        cond = None
-        if self.vision is not None and self.vision.cond_dim:
-            m = tmask.to(text.dtype)[..., None]
-            cond = (text * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, Wl) mean-pooled text
+        tm = tmask.to(text.dtype)[..., None]
+        pooled = (text * tm).sum(1) / tm.sum(1).clamp_min(1.0)  # (B, Wl) mean-pooled text
+        cond = pooled if self.vision.cond_dim or self.readout is not None else None
         img = self.encode_images(obs.images, cond, obs.image_features)
+        if self.cfg.trunk == "mlp":
+            seq = torch.cat([img, self.text_proj(pooled)[:, None], state_tok], 1)
+            return Prefix(self.trunk(seq), ones(1))  # (B, 1, W)
         seq = torch.cat([img, self.text_proj(text), state_tok], 1)
         m = torch.cat([ones(img.shape[1]), tmask, ones(state_tok.shape[1])], 1)
         return Prefix(self.trunk(seq, mask=m[:, None, None, :]), m)
