@@ -135,9 +135,9 @@ class TransferConfig:
 
     out_dir: str = "runs/transfer"
     tasks: tuple[str, ...] = ("lift",)  # task families trained and evaluated
-    demos: int = 200  # demonstrations per task for the arm comparison
+    demos: int = 1500  # demonstrations per task for the arm comparison (the demo's count)
     seeds: tuple[int, ...] = (0, 1)  # training seeds per arm
-    efficiency_demos: tuple[int, ...] = (50, 100, 200)  # data-efficiency sweep (seed 0)
+    efficiency_demos: tuple[int, ...] = (250, 750, 1500)  # data-efficiency sweep (seed 0)
     recipe: Recipe = field(default_factory=lambda: Recipe(freeze_vision_frac=TRANSFER_FREEZE_FRAC))
 
 
