@@ -51,24 +51,9 @@ CONFIGS = [  # (name, mode, execute_k, blend)
 
 def tiny_checkpoint(root: Path, chunk_len: int, image_px: int) -> Path:
     """Record 2 lift demonstrations and train `tiny` for 2 steps: a real, fast checkpoint."""
-    from robofm.config import MODEL_PRESETS, DataConfig, OptimConfig, TrainConfig
-    from robofm.sim.record import RecordConfig, record
-    from robofm.train.loop import latest_checkpoint, train
+    from robofm.sim.record import smoke_checkpoint
 
-    data = root / "lift"
-    record(RecordConfig(tasks=("lift",), episodes=2, workers=1, image_size=image_px), data)
-    model = replace(MODEL_PRESETS["tiny"], image_size=image_px, chunk_len=chunk_len)
-    cfg = TrainConfig(
-        model=model,
-        data=DataConfig(paths=(str(data),), batch_size=4),
-        optim=OptimConfig(warmup_steps=1),
-        steps=2,
-        ckpt_every=2,
-        out_dir=str(root / "run"),
-        model_pretrained=False,
-    )
-    train(cfg)
-    return latest_checkpoint(root / "run")
+    return smoke_checkpoint(root, image_size=image_px, chunk_len=chunk_len)
 
 
 def slow_down(policy, latency_ms: float) -> None:

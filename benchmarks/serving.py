@@ -28,7 +28,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -44,22 +43,9 @@ PX = 224  # camera resolution sent, and the model's image_size
 
 def build_checkpoint(root: Path) -> Path:
     """A `tiny` flow checkpoint at image_size 224 for the sim robot (about 5 s)."""
-    from robofm.config import MODEL_PRESETS, DataConfig, OptimConfig, TrainConfig
-    from robofm.sim.record import RecordConfig, record
-    from robofm.train.loop import latest_checkpoint, train
+    from robofm.sim.record import smoke_checkpoint
 
-    record(RecordConfig(tasks=("lift",), episodes=2, workers=1, image_size=64), root / "lift")
-    cfg = TrainConfig(
-        model=replace(MODEL_PRESETS["tiny"], image_size=PX, chunk_len=4),
-        data=DataConfig(paths=(str(root / "lift"),), batch_size=4),
-        optim=OptimConfig(warmup_steps=1),
-        steps=2,
-        ckpt_every=2,
-        out_dir=str(root / "run"),
-        model_pretrained=False,
-    )
-    train(cfg)
-    return latest_checkpoint(root / "run")
+    return smoke_checkpoint(root, image_size=PX, chunk_len=4, record_px=64)
 
 
 def make_obs(seed: int, state_dim: int = 4) -> dict:

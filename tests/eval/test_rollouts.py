@@ -205,26 +205,9 @@ def test_write_report(expert_results, tmp_path):
 
 
 def test_checkpoint_policy_runs(tmp_path):
-    from dataclasses import replace
+    from robofm.sim.record import smoke_checkpoint
 
-    from robofm.config import MODEL_PRESETS, DataConfig, OptimConfig, TrainConfig
-    from robofm.sim.record import RecordConfig, record
-    from robofm.train.loop import latest_checkpoint, train
-
-    data = tmp_path / "lift"
-    record(RecordConfig(tasks=("lift",), episodes=4, workers=1, image_size=32), data)
-    model = replace(MODEL_PRESETS["tiny"], image_size=32, chunk_len=4)
-    cfg = TrainConfig(
-        model=model,
-        data=DataConfig(paths=(str(data),), batch_size=4),
-        optim=OptimConfig(warmup_steps=1),
-        steps=2,
-        ckpt_every=2,
-        out_dir=str(tmp_path / "run"),
-        model_pretrained=False,
-    )
-    train(cfg)
-    ckpt = latest_checkpoint(tmp_path / "run")
+    ckpt = smoke_checkpoint(tmp_path, image_size=32, chunk_len=4)
     spec = {"kind": "checkpoint", "path": str(ckpt)}
     results = evaluate(spec, ["lift"], ["train"], episodes=2, workers=1, out_dir=tmp_path / "ev")
     assert [(r.task, r.seed) for r in results] == [("lift", EVAL_SEED0), ("lift", EVAL_SEED0 + 1)]

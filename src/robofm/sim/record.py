@@ -179,3 +179,44 @@ def record(
     opts = options or WriteOptions(robot_type=ROBOT)
     info = write_lerobot(source, out, opts, overwrite=overwrite)
     return {"info": info, "summary": summary, "episodes": len(episodes)}
+
+
+def smoke_checkpoint(
+    root: str | Path,
+    *,
+    image_size: int = 32,
+    chunk_len: int = 4,
+    record_px: int = 0,
+    episodes: int = 2,
+    steps: int = 2,
+) -> Path:
+    """A real, barely trained `tiny` checkpoint for the sim robot, in seconds.
+
+    Records `episodes` lift demonstrations (at `record_px`, default `image_size`) under
+    `root/lift` and trains the `tiny` preset (`image_size` px, chunk `chunk_len`) for `steps`
+    steps into `root/run`. Its ActionSpace, stats and cameras are the sim's, so it serves,
+    evaluates and drives `robofm run` like any trained policy: for smoke tests of the serving
+    and evaluation paths and for benchmarks of their overhead, not for success rates.
+    Returns the checkpoint directory.
+    """
+    from dataclasses import replace
+
+    from robofm.config import MODEL_PRESETS, DataConfig, OptimConfig, TrainConfig
+    from robofm.train.loop import latest_checkpoint, train
+
+    root = Path(root)
+    px = record_px or image_size
+    record(
+        RecordConfig(tasks=("lift",), episodes=episodes, workers=1, image_size=px), root / "lift"
+    )
+    cfg = TrainConfig(
+        model=replace(MODEL_PRESETS["tiny"], image_size=image_size, chunk_len=chunk_len),
+        data=DataConfig(paths=(str(root / "lift"),), batch_size=4),
+        optim=OptimConfig(warmup_steps=1),
+        steps=steps,
+        ckpt_every=steps,
+        out_dir=str(root / "run"),
+        model_pretrained=False,
+    )
+    train(cfg)
+    return latest_checkpoint(root / "run")
