@@ -10,7 +10,7 @@ import pytest
 
 from robofm.cli import VERBS
 
-EXPECTED_VERBS = {"data", "train", "eval", "serve", "run", "bench", "demo", "sim"}
+EXPECTED_VERBS = {"data", "train", "eval", "serve", "run", "bench", "deploy", "demo", "sim"}
 
 
 def robofm(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

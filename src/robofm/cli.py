@@ -157,6 +157,12 @@ def _run(argv: list[str]) -> int:
     return run_main(argv)
 
 
+def _deploy(argv: list[str]) -> int:
+    from robofm.deploy.commands import main as deploy_main
+
+    return deploy_main(argv)
+
+
 def _sim(argv: list[str]) -> int:
     from robofm.sim.commands import main as sim_main
 
@@ -194,6 +200,11 @@ VERBS: dict[str, Verb] = {
         "parameters, memory, latency and control rate per preset and head",
         "robofm bench --params [--preset NAME ...]",
         run=_bench,
+    ),
+    "deploy": Verb(
+        "make a checkpoint faster to run: INT8 weight quantization",
+        "robofm deploy quantize CHECKPOINT --int8 [--out DST]",
+        run=_deploy,
     ),
     "demo": Verb(
         "the main job end to end on the embedded defaults",

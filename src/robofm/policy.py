@@ -66,10 +66,12 @@ class Policy:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kw) -> Policy:
-        """Load a checkpoint directory written by `save_checkpoint`."""
+        """Load a checkpoint directory written by `save_checkpoint` (or its INT8 copy from
+        `robofm.deploy.quantize_checkpoint`)."""
         from robofm.models.checkpoint import load_checkpoint
 
-        model, normalizer, spaces = load_checkpoint(path, device=kw.get("device", "cpu"))
+        device = kw.get("device", "cpu")
+        model, normalizer, spaces = load_checkpoint(path, device=device, allow_quantized=True)
         return cls(model, normalizer, spaces, **kw)
 
     @property

@@ -98,17 +98,22 @@ def read_transforms(path: str | Path) -> dict[str, Any]:
     return dict(body.get("transforms") or {})
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu"):
+def load_checkpoint(path: str | Path, device: str = "cpu", *, allow_quantized: bool = False):
     """(VLA in eval mode, Normalizer, SpacesFile) from a checkpoint directory.
 
     Every weight must match the rebuilt architecture (strict), and the stats must hash to
-    the value recorded in action_space.json.
+    the value recorded in action_space.json. An INT8 checkpoint (`quantization.json`, see
+    `robofm.deploy.quantize`) loads only with `allow_quantized` (inference, not training).
     """
     from robofm.models.vla import VLA
 
     path = Path(path)
     cfg, build = read_checkpoint_meta(path)
     model = VLA(cfg, **build)
+    if (path / "quantization.json").exists():
+        from robofm.deploy.quantize import prepare_quantized
+
+        prepare_quantized(model, path, device=device, inference=allow_quantized)
     state = load_file(str(path / "model.safetensors"), device=device)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:

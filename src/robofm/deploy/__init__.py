@@ -1,0 +1,1 @@
+"""Deployment: INT8 weight quantization of checkpoints for CPU inference (`quantize`)."""
