@@ -173,11 +173,7 @@ def _table(rows: list[tuple[str, float, float]]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    from robofm.errors import RobofmError
+if __name__ == "__main__":  # the CLI's own error handling (one line, exit status 2)
+    from robofm.cli import main as cli_main
 
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except RobofmError as e:
-        print(f"robofm deploy: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli_main(["deploy", *sys.argv[1:]]))

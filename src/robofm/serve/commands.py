@@ -101,11 +101,7 @@ async def _serve(server, warm_ms: float) -> None:
     print(f"robofm serve: stopped ({server.stats()['requests']} requests served)", flush=True)
 
 
-if __name__ == "__main__":
-    from robofm.errors import RobofmError
+if __name__ == "__main__":  # the CLI's own error handling (one line, exit status 2)
+    from robofm.cli import main as cli_main
 
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except RobofmError as e:
-        print(f"robofm serve: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli_main(["serve", *sys.argv[1:]]))
