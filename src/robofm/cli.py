@@ -61,45 +61,9 @@ def _data(argv: list[str]) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    import argparse
+    from robofm.deploy.bench import main as bench_main
 
-    parser = argparse.ArgumentParser(
-        prog="robofm bench",
-        description="Model sizes now; latency, memory and control rate per checkpoint come "
-        "with issue #9 (deployment). For latency per preset and head today, run "
-        "benchmarks/inference.py.",
-    )
-    parser.add_argument("--params", action="store_true", help="parameter table of the presets")
-    parser.add_argument("--preset", nargs="*", default=None, help="presets (default: all)")
-    parser.add_argument("--json", default=None, help="also write the table as JSON here")
-    args = parser.parse_args(argv)
-    if not args.params:
-        print(
-            "robofm bench: only --params is in this build; checkpoint latency lands with "
-            "issue #9 (deployment)",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    import json
-
-    from robofm.config import MODEL_PRESETS, get_preset
-    from robofm.models.params import params_table
-
-    names = args.preset or list(MODEL_PRESETS)
-    for n in names:
-        get_preset(MODEL_PRESETS, n, "model preset")
-    rows = params_table(names)
-    cols = list(rows[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    print("  ".join(c.ljust(widths[c]) for c in cols))
-    print("  ".join("-" * widths[c] for c in cols))
-    for r in rows:
-        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
-    if args.json:
-        from robofm.atomic import atomic_write_text
-
-        atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")
-    return 0
+    return bench_main(argv)
 
 
 def _train(argv: list[str]) -> int:
@@ -197,13 +161,17 @@ VERBS: dict[str, Verb] = {
         run=_run,
     ),
     "bench": Verb(
-        "parameters, memory, latency and control rate per preset and head",
+        "parameters, memory, latency and control rate per preset and head, or per checkpoint",
+        "robofm bench [--preset NAME ...] [--head NAME ...] [--compile] [--json PATH] | "
+        "robofm bench --checkpoint A [--checkpoint B] [--success-task T] | "
         "robofm bench --params [--preset NAME ...]",
         run=_bench,
     ),
     "deploy": Verb(
-        "make a checkpoint faster to run: INT8 weight quantization",
-        "robofm deploy quantize CHECKPOINT --int8 [--out DST]",
+        "make a checkpoint faster to run: INT8 quantization, distillation, export",
+        "robofm deploy quantize CHECKPOINT --int8 [--out DST] | "
+        "robofm deploy distill TEACHER --data DIR [--student PRESET] | "
+        "robofm deploy export CHECKPOINT --out DIR",
         run=_deploy,
     ),
     "demo": Verb(

@@ -138,6 +138,21 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
         head_depth=1,
         chunk_len=4,
     ),
+    # The distillation student (`robofm deploy distill`): `small`'s frozen stride-8
+    # MobileNetV2 keypoints, but a from-scratch word encoder instead of MiniLM and a narrower
+    # MLP trunk; a single-task specialist a tenth of `small`'s size.
+    "specialist": ModelConfig(
+        language="word",
+        vision_stride=8,
+        image_readout="keypoints",
+        trunk="mlp",
+        head="regression",
+        width=256,
+        depth=2,
+        num_heads=4,
+        head_depth=1,
+        chunk_len=4,
+    ),
     # pi0-sized: PaliGemma 3B (SigLIP so400m + Gemma 2B) + a ~300M flow action expert.
     # Built on the meta device for parameter counts; real weights come from `path`.
     "pi0": ModelConfig(

@@ -45,7 +45,11 @@ class Policy:
         *,
         seed: int = 0,
         device: str = "cpu",
+        compile: bool = False,
     ):
+        """`compile`: run the model's prefix encoder and head under `torch.compile`
+        (`robofm.deploy.export.CompiledSampler`; the first call compiles, which takes seconds
+        to a minute). Off by default; the actions match eager within float rounding."""
         self.model = model.eval()
         self.normalizer = normalizer
         self.spaces = spaces
@@ -63,6 +67,11 @@ class Policy:
         self.history: deque = deque(maxlen=model.cfg.n_obs_steps)
         scale = tuple(getattr(model, "transforms", {}).get("image_crop_scale", (1.0, 1.0)))
         self._transform = build_image_transform(model.cfg.image_size, train=False, scale=scale)
+        self._compiled = None  # CompiledSampler when compile=True
+        if compile:
+            from robofm.deploy.export import CompiledSampler
+
+            self._compiled = CompiledSampler(self.model)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kw) -> Policy:
@@ -138,7 +147,8 @@ class Policy:
             prompt=[obs[OBS_PROMPT]],
             embodiment=[self.robot],
         )
-        actions = self.model.sample_actions(o, generator=self.generator)[0]  # (H, D_model)
+        sample = self._compiled or self.model.sample_actions
+        actions = sample(o, generator=self.generator)[0]  # (H, D_model)
         d = self.spaces.action.dim
         actions = self.normalizer.unnormalize(actions[:, :d].float().cpu().numpy(), ACTION_KEY)
         actions = self.spaces.action.clip(actions.astype(np.float32))

@@ -13,6 +13,7 @@ from robofm.models.params import param_report
     [
         ("tiny", (0.1, 5), (0.1, 5)),  # CI: under 5M parameters
         ("small", (26, 36), (5, 12)),  # CPU demo: ~7M trainable next to frozen MiniLM (22M)
+        ("specialist", (2, 8), (2, 8)),  # distillation student: no MiniLM, a tenth of small
         ("smolvla-size", (380, 480), (80, 130)),  # SmolVLA: ~450M in all, ~100M trainable
         ("pi0", (3100, 3500), (3100, 3500)),  # PaliGemma 3B + ~300M expert
         ("openvla", (6900, 7700), (6900, 7700)),  # Llama 2 7B + SigLIP so400m

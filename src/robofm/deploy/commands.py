@@ -1,6 +1,15 @@
-"""`robofm deploy quantize CKPT [--int8 | --int4] [--out DST]`: write an INT8 copy of a
-checkpoint and print what it buys: size on disk, weights in memory and chunk latency (median
-and p90 over `--calls` calls on a synthetic observation, after a warm-up), float vs int8.
+"""`robofm deploy`: prepare a checkpoint for deployment.
+
+- `quantize CKPT [--int8 | --int4] [--out DST]`: write an INT8 copy of a checkpoint and print
+  what it buys: size on disk, weights in memory and chunk latency (median and p90 over
+  `--calls` calls on a synthetic observation, after a warm-up), float vs int8.
+- `export CKPT --out DIR`: write the checkpoint's inference computation as a standalone
+  `torch.export` program (`robofm.deploy.export`), load it back and print its parity with the
+  eager model and the latency of both.
+- `distill TEACHER --data DIR [--student PRESET]`: train a small student on the teacher's
+  action chunks, on the demonstrations and on DAgger-relabelled states from its own rollouts
+  (`robofm.deploy.distill`); with `--eval-episodes N` also the closed-loop student-vs-teacher
+  table (success per split, latency, control rate).
 
 Also runnable as `python -m robofm.deploy.commands quantize CKPT ...`.
 """
@@ -57,13 +66,73 @@ def main(argv: list[str]) -> int:
     q.add_argument("--calls", type=int, default=50, help="timed calls per model; 0 = no timing")
     q.add_argument("--warmup", type=int, default=5, help="untimed calls first")
     q.add_argument("--threads", type=int, default=0, help="torch threads; 0 = default")
+    e = sub.add_parser(
+        "export",
+        help="standalone torch.export program of a checkpoint (policy.pt2 + export.json)",
+        description="Export CKPT's inference computation (images, normalised state, token ids "
+        "[, noise] -> normalised action chunk) with torch.export to DIR/policy.pt2, with "
+        "export.json (inputs, cameras, sizes, normalisation, action space, tokenizer), the "
+        "stats and contract files and the tokenizer. Then load it back and print parity and "
+        "latency against the eager model.",
+    )
+    e.add_argument("checkpoint", help="float checkpoint directory")
+    e.add_argument("--out", required=True, help="output directory")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    e.add_argument(
+        "--format", default="pt2", choices=("pt2", "onnx"), help="onnx needs the onnx package"
+    )
+    e.add_argument("--calls", type=int, default=20, help="timed calls per model; 0 = no timing")
+    e.add_argument("--threads", type=int, default=0, help="torch threads; 0 = default")
+    from robofm.deploy.distill_cli import add_distill, run_distill
+
+    add_distill(sub)
     args = parser.parse_args(argv)
+    if args.command == "export":
+        return _export(args)
+    if args.command == "distill":
+        return run_distill(args)
     return _quantize(args)
+
+
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from robofm.deploy.export import PROGRAM_FILE, compare_exported, export_checkpoint
+
+    src, out = Path(args.checkpoint), Path(args.out)
+    if not src.is_dir():
+        raise ConfigError(f"{src}: not a checkpoint directory")
+    if args.calls < 0:
+        raise ConfigError("--calls must be >= 0")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    meta = export_checkpoint(src, out, overwrite=args.overwrite, fmt=args.format)
+    seconds = time.perf_counter() - t0
+    names = ", ".join(i["name"] for i in meta["inputs"])
+    print(
+        f"robofm deploy export: {src} -> {out / PROGRAM_FILE} in {seconds:.1f} s "
+        f"({meta['head']} head, robot {meta['robot']!r}; inputs {names}; output normalised "
+        f"actions (1, {meta['chunk_len']}, {meta['action_dim']}))"
+    )
+    check = compare_exported(src, out, calls=args.calls)
+    print(
+        f"parity: max |exported - eager| = {check['max_abs_diff']:.2e} (normalised actions, "
+        "3 inputs, same noise)"
+    )
+    if args.calls:
+        print(
+            f"latency per chunk, median of {args.calls}: eager {check['eager_ms_median']:.2f} "
+            f"ms, exported {check['exported_ms_median']:.2f} ms "
+            f"({torch.get_num_threads()} torch thread(s))"
+        )
+    return 0
 
 
 def _quantize(args: argparse.Namespace) -> int:
     import torch
 
+    from robofm.deploy.bench import state_bytes, time_policies
     from robofm.deploy.quantize import (
         MIN_WEIGHTS,
         QUANT_FILE,
@@ -105,10 +174,13 @@ def _quantize(args: argparse.Namespace) -> int:
         ("checkpoint MB", checkpoint_bytes(src) / MB, checkpoint_bytes(dst) / MB),
     ]
     policies = [Policy.from_checkpoint(src), Policy.from_checkpoint(dst)]
-    rows.append(("weights in RAM MB", *(_state_bytes(p.model) / MB for p in policies)))
+    rows.append(("weights in RAM MB", *(state_bytes(p.model) / MB for p in policies)))
     if args.calls:
-        p50, p90 = _latency(policies, args.calls, args.warmup)
-        rows += [("chunk latency p50 ms", *p50), ("chunk latency p90 ms", *p90)]
+        times = time_policies(policies, args.calls, args.warmup)
+        rows += [
+            ("chunk latency p50 ms", *(float(np.percentile(t, 50)) for t in times)),
+            ("chunk latency p90 ms", *(float(np.percentile(t, 90)) for t in times)),
+        ]
     print(_table(rows))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     timing = (
@@ -126,41 +198,6 @@ def _quantize(args: argparse.Namespace) -> int:
 
 def _mb(path: Path) -> float:
     return path.stat().st_size / MB
-
-
-def _state_bytes(model) -> int:
-    """Bytes of the model's weights as held for inference (int8 layers count int8)."""
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
-
-
-def _synthetic_obs(policy) -> dict:
-    """A valid observation for `policy`: random uint8 frames, zero state, a fixed prompt."""
-    rng = np.random.default_rng(0)
-    shape = (policy.model.cfg.image_size, policy.model.cfg.image_size, 3)  # (H, W, 3)
-    return {
-        "images": {c: rng.integers(0, 256, shape, dtype=np.uint8) for c in policy.cameras},
-        "state": np.zeros(policy.state_dim, np.float32),
-        "prompt": "pick up the red cube",
-    }
-
-
-def _latency(policies: list, calls: int, warmup: int) -> tuple[list[float], list[float]]:
-    """(p50 per policy, p90 per policy) of `Policy.infer` wall time in ms; calls alternate
-    between the policies so background load affects both alike."""
-    obs = _synthetic_obs(policies[0])
-    for p in policies:
-        for _ in range(warmup):
-            p.infer(obs)
-    times: list[list[float]] = [[] for _ in policies]
-    for _ in range(calls):
-        for p, t in zip(policies, times, strict=True):
-            t0 = time.perf_counter()
-            p.infer(obs)
-            t.append((time.perf_counter() - t0) * 1000.0)
-    return (
-        [float(np.percentile(t, 50)) for t in times],
-        [float(np.percentile(t, 90)) for t in times],
-    )
 
 
 def _table(rows: list[tuple[str, float, float]]) -> str:

@@ -189,14 +189,16 @@ def smoke_checkpoint(
     record_px: int = 0,
     episodes: int = 2,
     steps: int = 2,
+    head: str = "",
 ) -> Path:
     """A real, barely trained `tiny` checkpoint for the sim robot, in seconds.
 
     Records `episodes` lift demonstrations (at `record_px`, default `image_size`) under
-    `root/lift` and trains the `tiny` preset (`image_size` px, chunk `chunk_len`) for `steps`
-    steps into `root/run`. Its ActionSpace, stats and cameras are the sim's, so it serves,
-    evaluates and drives `robofm run` like any trained policy: for smoke tests of the serving
-    and evaluation paths and for benchmarks of their overhead, not for success rates.
+    `root/lift` and trains the `tiny` preset (`image_size` px, chunk `chunk_len`, action head
+    `head`, default the preset's) for `steps` steps into `root/run`. Its ActionSpace, stats and
+    cameras are the sim's, so it serves, evaluates and drives `robofm run` like any trained
+    policy: for smoke tests of the serving and evaluation paths and for benchmarks of their
+    overhead, not for success rates.
     Returns the checkpoint directory.
     """
     from dataclasses import replace
@@ -210,7 +212,12 @@ def smoke_checkpoint(
         RecordConfig(tasks=("lift",), episodes=episodes, workers=1, image_size=px), root / "lift"
     )
     cfg = TrainConfig(
-        model=replace(MODEL_PRESETS["tiny"], image_size=image_size, chunk_len=chunk_len),
+        model=replace(
+            MODEL_PRESETS["tiny"],
+            image_size=image_size,
+            chunk_len=chunk_len,
+            head=head or MODEL_PRESETS["tiny"].head,
+        ),
         data=DataConfig(paths=(str(root / "lift"),), batch_size=4),
         optim=OptimConfig(warmup_steps=1),
         steps=steps,

@@ -1,0 +1,169 @@
+"""Float vs INT8 vs distilled: what each deployment lever costs in success and buys in speed.
+
+For a trained teacher checkpoint (the demo's `small` policy by default use):
+1. an INT8 copy (`robofm deploy quantize`), unless `--int8` names one;
+2. a distilled `specialist` student (`robofm deploy distill`, teacher labels on `--data` plus
+   DAgger rounds), unless `--student` names one;
+3. per checkpoint, in its own subprocess: load time, peak RSS after loading and inferring,
+   cold latency (first `Policy.infer`) and warm median / p90 latency over `--calls` calls on a
+   synthetic observation, at `--threads` torch threads (1 = one core, as on a small robot
+   computer; evaluation workers use 1 too);
+4. closed-loop success per split on the same seeds for all three (`robofm.deploy.compare`),
+   with the latency measured inside those episodes.
+
+    .venv/bin/python benchmarks/deploy.py --teacher runs/demo/train/checkpoints/step_0004000 \
+        --data runs/demo/data --episodes 20
+
+Prints one table, writes `results/deploy.json` and `results/deploy.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, report
+
+
+def measure(path: str, calls: int, threads: int) -> dict:
+    """Runs inside the subprocess: load, one cold call, `calls` warm calls."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    from robofm.policy import Policy
+
+    base = _rss_mb()
+    t0 = time.perf_counter()
+    policy = Policy.from_checkpoint(path)
+    load_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    s = policy.model.cfg.image_size
+    obs = {
+        "images": {c: rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for c in policy.cameras},
+        "state": np.zeros(policy.state_dim, np.float32),
+        "prompt": "pick up the red cube",
+    }
+    t0 = time.perf_counter()
+    policy.infer(obs)
+    cold = (time.perf_counter() - t0) * 1000
+    for _ in range(5):
+        policy.infer(obs)
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        policy.infer(obs)
+        times.append((time.perf_counter() - t0) * 1000)
+    weights = sum(t.numel() * t.element_size() for t in policy.model.state_dict().values())
+    return {
+        "load_s": round(load_s, 2),
+        "weights_MB": round(weights / 1e6, 1),
+        "peak_rss_MB": round(_peak_rss_mb()),
+        "rss_added_MB": round(_peak_rss_mb() - base),
+        "cold_ms": round(cold, 1),
+        "median_ms": round(float(np.median(times)), 2),
+        "p90_ms": round(float(np.percentile(times, 90)), 2),
+    }
+
+
+def _rss_mb() -> float:
+    return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+
+
+def _peak_rss_mb() -> float:
+    return int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
+
+
+def _measure_in_subprocess(path: str, calls: int, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--measure", path, "--calls", str(calls)]
+    out = subprocess.run([*cmd, "--threads", str(threads)], capture_output=True, text=True)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"measuring {path} failed: {out.stderr.strip()[-500:]}")
+    return json.loads(line[7:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", help="float checkpoint (the `small` demo policy)")
+    parser.add_argument("--data", nargs="+", help="demonstrations to distil on")
+    parser.add_argument("--int8", default=None, help="existing INT8 copy of the teacher")
+    parser.add_argument("--student", default=None, help="existing distilled student checkpoint")
+    parser.add_argument("--work", default=None, help="where new INT8/student checkpoints go")
+    parser.add_argument("--episodes", type=int, default=20, help="closed-loop episodes per split")
+    parser.add_argument("--calls", type=int, default=100, help="timed Policy.infer calls")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads when timing")
+    parser.add_argument("--workers", type=int, default=0, help="eval processes (0 = per core)")
+    parser.add_argument("--out", default=None, help="JSON path")
+    parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # internal
+    args = parser.parse_args()
+    if args.measure:
+        print("RESULT " + json.dumps(measure(args.measure, args.calls, args.threads)))
+        return
+    if not args.teacher:
+        parser.error("--teacher is required")
+    from robofm.deploy.compare import SPLITS, compare_checkpoints
+
+    teacher = Path(args.teacher)
+    work = Path(args.work) if args.work else teacher.parent / "deploy_bench"
+    work.mkdir(parents=True, exist_ok=True)
+    seconds = {}
+    int8 = Path(args.int8) if args.int8 else work / "int8"
+    if not int8.exists():
+        from robofm.deploy.quantize import quantize_checkpoint
+
+        t0 = time.perf_counter()
+        quantize_checkpoint(teacher, int8)
+        seconds["quantize_s"] = round(time.perf_counter() - t0, 1)
+    student = Path(args.student) if args.student else work / "distill" / "student"
+    if not student.exists():
+        if not args.data:
+            parser.error("--data is required to distil a student (or pass --student)")
+        from robofm.deploy.distill import DistillConfig, distill
+
+        t0 = time.perf_counter()
+        distill(DistillConfig(str(teacher), tuple(args.data), out_dir=str(work / "distill")))
+        seconds["distill_s"] = round(time.perf_counter() - t0, 1)
+    models = {"float": teacher, "int8": int8, "distilled": student}
+    speed = {n: _measure_in_subprocess(str(p), args.calls, args.threads) for n, p in models.items()}
+    rows = compare_checkpoints(
+        {n: str(p) for n, p in models.items()},
+        splits=SPLITS,
+        episodes=args.episodes,
+        workers=args.workers,
+        out_dir=RESULTS_DIR / "deploy",
+    )
+    table = []
+    for r in rows:
+        s = speed[r["name"]]
+        table.append(
+            {
+                "model": r["name"],
+                "params_M": r["params_M"],
+                "disk_MB": r["disk_MB"],
+                "weights_MB": s["weights_MB"],
+                "peak_rss_MB": s["peak_rss_MB"],
+                "cold_ms": s["cold_ms"],
+                "median_ms": s["median_ms"],
+                "p90_ms": s["p90_ms"],
+                "rate_hz_chunked": round(r["chunk_len"] * 1000 / s["p90_ms"], 1),
+                **{f"{k}": f"{r[k]['successes']}/{r[k]['n']}" for k in SPLITS},
+                "unseen_avg": round(r["unseen_avg"], 3),
+                "eval_median_ms": r["latency_ms_median"],
+            }
+        )
+    path = report("deploy", table, args.out)
+    body = json.loads(path.read_text())
+    body.update(timing_threads=args.threads, episodes=args.episodes, setup=seconds)
+    body["closed_loop"] = rows
+    path.write_text(json.dumps(body, indent=2) + "\n")
+    print(f"plot: {RESULTS_DIR / 'deploy' / 'comparison.png'}")
+
+
+if __name__ == "__main__":
+    main()
