@@ -252,3 +252,26 @@ def test_grid_position_code_starts_cnn_token_positions_with_the_layout():
     cnn = VLA(tiny(vision="resnet_film"), **BUILD)
     vit = VLA(tiny(), **BUILD)  # small_vit adds its own position embeddings
     assert cnn.img_pos.abs().max() > 0.5 and vit.img_pos.abs().max() < 0.5
+
+
+def test_trainable_text_encoder_is_cached_only_for_inference():
+    model = build(tiny(language="word", head="regression"))
+    obs = make_batch(model.cfg).obs
+    model.eval()
+    with torch.no_grad():
+        plain = model.sample_actions(obs)
+    assert not model._text_cache  # eval without inference_mode (validation): no cache
+    with torch.inference_mode():
+        cached = model.sample_actions(obs)
+        again = model.sample_actions(obs)
+    assert set(model._text_cache) == set(obs.prompt)
+    torch.testing.assert_close(cached, plain)
+    torch.testing.assert_close(again, plain)
+    model.train()
+    assert not model._text_cache  # the encoder's weights may change from here
+    with torch.no_grad():
+        model.language.embed.weight.mul_(2.0)
+    model.eval()
+    with torch.inference_mode():
+        changed = model.sample_actions(obs)
+    assert not torch.allclose(changed, plain)  # fresh features, not stale cached ones

@@ -53,6 +53,7 @@ class DistillConfig:
     out_dir: str = "runs/distill"  # where student/, distill.json and distill.png go
     student: str = "specialist"  # student model preset (robofm.config.MODEL_PRESETS)
     student_head: str = ""  # replace the preset's action head ("" = keep the preset's)
+    student_image_size: int = 0  # student camera px (0 = the preset's); smaller is faster
     student_pretrained: bool = True  # student backbones from their shipped pretrained weights
     freeze_vision: bool = True  # keep the student's vision encoder frozen (features cached)
     steps: int = 3000  # optimiser steps on the teacher-labelled demonstrations
@@ -360,6 +361,8 @@ def build_student(cfg: DistillConfig, teacher) -> torch.nn.Module:
     scfg = get_preset(MODEL_PRESETS, cfg.student, "model preset")
     if cfg.student_head:
         scfg = dataclasses.replace(scfg, head=cfg.student_head)
+    if cfg.student_image_size:
+        scfg = dataclasses.replace(scfg, image_size=cfg.student_image_size)
     if scfg.chunk_len > teacher.cfg.chunk_len:
         scfg = dataclasses.replace(scfg, chunk_len=teacher.cfg.chunk_len)
     torch.manual_seed(cfg.seed)
@@ -391,7 +394,7 @@ def check_config(cfg: DistillConfig) -> None:
     for name in ("steps", "batch_size", "replan_every", "label_batch", "eval_every"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"distill: {name} is {getattr(cfg, name)}; must be >= 1")
-    for name in ("dagger_rounds", "dagger_steps", "rollouts", "val_episodes"):
+    for name in ("dagger_rounds", "dagger_steps", "rollouts", "val_episodes", "student_image_size"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"distill: {name} is {getattr(cfg, name)}; must be >= 0")
     if cfg.dagger_rounds and (cfg.rollouts < 1 or cfg.dagger_steps < 1):

@@ -29,6 +29,9 @@ def add_distill(sub) -> None:
     p.add_argument("--data", nargs="+", required=True, help="demonstration datasets to label")
     p.add_argument("--student", default=d.student, help=f"student preset (default {d.student})")
     p.add_argument("--student-head", default="", help="override the student preset's head")
+    p.add_argument(
+        "--student-image-size", type=int, default=0, help="student camera px (0 = preset's)"
+    )
     p.add_argument("--out", default=None, help="output directory (default: TEACHER-distill)")
     p.add_argument("--steps", type=int, default=d.steps, help="steps on the labelled demos")
     p.add_argument("--rounds", type=int, default=d.dagger_rounds, help="DAgger rounds")
@@ -63,6 +66,7 @@ def run_distill(args: argparse.Namespace) -> int:
         out_dir=str(out),
         student=args.student,
         student_head=args.student_head,
+        student_image_size=args.student_image_size,
         student_pretrained=not args.no_pretrained,
         freeze_vision=not args.train_vision,
         steps=args.steps,

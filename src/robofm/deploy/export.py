@@ -27,9 +27,8 @@ the actions (stats key "action"), keep the robot's first `action_space.dim` dime
 clip to the ActionSpace bounds. `load_exported(dir)` does all of that around the program.
 
 Heads: `regression` and `bins` (greedy decoding unrolled) export as they are; `flow` takes
-the explicit noise; `diffusion` runs its DDIM loop here with the step schedule computed in
-Python at export time (the head computes it from a tensor, which a traced program cannot read
-back). INT8 checkpoints do not export: their layers hold PyTorch's packed int8 weights, a
+the explicit noise; `diffusion` takes it too and its DDIM loop unrolls over the head's
+precomputed step list (`DiffusionHead.ddim_steps`). INT8 checkpoints do not export: their layers hold PyTorch's packed int8 weights, a
 TorchScript object `torch.export` cannot serialise (`ConfigError`, naming it). ONNX needs
 the `onnx` package, not installed here.
 
@@ -60,7 +59,6 @@ from torch import nn
 
 from robofm.atomic import atomic_dir
 from robofm.errors import ConfigError, NotAvailableError
-from robofm.models.heads import DiffusionHead, Prefix
 from robofm.types import Observation
 
 PROGRAM_FILE = "policy.pt2"
@@ -124,10 +122,6 @@ class ActionCore(nn.Module):
         self.model, self.robot = model, robot
         self.noise = takes_noise(model.head)
         self._slot = _GivenText()
-        self._ddim_ks: list[int] | None = None
-        if isinstance(model.head, DiffusionHead):  # the head's schedule, read out here
-            h = model.head
-            self._ddim_ks = torch.linspace(h.train_steps - 1, 0, h.steps).round().long().tolist()
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         n = len(self.model.cameras)
@@ -141,27 +135,11 @@ class ActionCore(nn.Module):
         obs = _blank_obs(self.model, self.robot, images, state)
         with _given_text(self.model, self._slot, text):
             prefix = self.model.encode_prefix(obs)
-        if self._ddim_ks is not None:
-            return self._ddim(prefix, noise)
         return (
             self.model.head.sample(prefix, noise=noise)
             if self.noise
             else self.model.head.sample(prefix)
         )
-
-    def _ddim(self, prefix: Prefix, noise: torch.Tensor) -> torch.Tensor:
-        """`DiffusionHead.sample` with its step list precomputed (same arithmetic)."""
-        head, ks = self.model.head, self._ddim_ks
-        b = prefix.tokens.shape[0]
-        cond = head.embed(prefix)  # (B, W)
-        x = noise  # (B, H, D)
-        for i, k in enumerate(ks):
-            ab = head.alpha_bar[k]
-            ab_prev = head.alpha_bar[ks[i + 1]] if i + 1 < len(ks) else torch.tensor(1.0)
-            eps = head.eps(x, torch.full((b,), float(k), device=x.device), cond)
-            x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-5.0, 5.0)
-            x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
-        return x
 
 
 def input_names(model: nn.Module) -> list[str]:

@@ -148,12 +148,15 @@ class VLA(nn.Module):
 
     def encode_text(self, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, ...]:
         """Encoder kind: (tokens (B, T, Wl), mask (B, T) bool), cached per instruction when the
-        encoder is frozen. LM/VLM kinds: (input_ids (B, T), mask (B, T) bool)."""
+        encoder is frozen, and for a trainable encoder in eval mode under
+        `torch.inference_mode` (deployment: the prompt repeats every control step); `train()`
+        drops those. LM/VLM kinds: (input_ids (B, T), mask (B, T) bool)."""
         lang = self.language
         if self.kind != "encoder":  # LMs and VLMs embed the ids themselves
             ids = lang.tokenize(prompts, self.cfg.max_text_tokens)
             return ids["input_ids"].to(device), ids["attention_mask"].to(device).bool()
-        if not getattr(lang, "frozen", False):
+        trainable = not getattr(lang, "frozen", False)
+        if trainable and (self.training or not torch.is_inference_mode_enabled()):
             ids = lang.tokenize(prompts, self.cfg.max_text_tokens)
             return lang(ids["input_ids"].to(device), ids["attention_mask"].to(device))
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
@@ -239,6 +242,14 @@ class VLA(nn.Module):
         seq = torch.cat([img, self.text_proj(text), state_tok], 1)
         m = torch.cat([ones(img.shape[1]), tmask, ones(state_tok.shape[1])], 1)
         return Prefix(self.trunk(seq, mask=m[:, None, None, :]), m)
+
+    def train(self, mode: bool = True) -> VLA:
+        """Switch mode; entering training drops text features cached from a trainable
+        encoder (its weights are about to change)."""
+        lang = getattr(self, "language", None)
+        if mode and lang is not None and not getattr(lang, "frozen", False):
+            self._text_cache.clear()
+        return super().train(mode)
 
     # ---- the model contract --------------------------------------------------------------
 

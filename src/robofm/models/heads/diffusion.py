@@ -59,6 +59,10 @@ class DiffusionHead(nn.Module):
         super().__init__()
         self.chunk_len, self.action_dim = chunk_len, action_dim
         self.steps, self.train_steps = steps, train_steps
+        # DDIM visits these training steps, high to low (a plain list, built on the CPU even
+        # when the model is built on `meta`)
+        ks = torch.linspace(train_steps - 1, 0, steps, device="cpu").round().long()
+        self.ddim_steps: list[int] = ks.tolist()
         self.readout = nn.Parameter(torch.randn(1, 1, width) * 0.02)  # (1, 1, W)
         self.pool = Attention(width, heads)
         flat = chunk_len * action_dim
@@ -104,7 +108,7 @@ class DiffusionHead(nn.Module):
             if noise is not None
             else torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
         )
-        ks = torch.linspace(self.train_steps - 1, 0, self.steps).round().long().tolist()
+        ks = self.ddim_steps  # a plain list: the loop unrolls under torch.export
         for i, k in enumerate(ks):
             ab = self.alpha_bar[k]
             ab_prev = self.alpha_bar[ks[i + 1]] if i + 1 < len(ks) else torch.tensor(1.0)
