@@ -3,7 +3,7 @@
 For a trained teacher checkpoint (the demo's `small` policy by default use):
 1. an INT8 copy (`robofm deploy quantize`), unless `--int8` names one;
 2. a distilled `specialist` student (`robofm deploy distill`, teacher labels on `--data` plus
-   DAgger rounds), unless `--student` names one;
+   DAgger rounds), unless `--student` names one or more;
 3. per checkpoint, in its own subprocess: load time, peak RSS after loading and inferring,
    cold latency (first `Policy.infer`) and warm median / p90 latency over `--calls` calls on a
    synthetic observation, at `--threads` torch threads (1 = one core, as on a small robot
@@ -29,9 +29,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, report
 
+CAMERA_PX = 96  # the sim cameras' size: every model gets these frames and resizes them itself
+
 
 def measure(path: str, calls: int, threads: int) -> dict:
-    """Runs inside the subprocess: load, one cold call, `calls` warm calls."""
+    """Runs inside the subprocess: load, one cold call, `calls` warm calls on 96 px frames."""
     import numpy as np
     import torch
 
@@ -43,7 +45,7 @@ def measure(path: str, calls: int, threads: int) -> dict:
     policy = Policy.from_checkpoint(path)
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
-    s = policy.model.cfg.image_size
+    s = CAMERA_PX
     obs = {
         "images": {c: rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for c in policy.cameras},
         "state": np.zeros(policy.state_dim, np.float32),
@@ -88,12 +90,20 @@ def _measure_in_subprocess(path: str, calls: int, threads: int) -> dict:
     return json.loads(line[7:])
 
 
+def _image_size(path: Path) -> int:
+    from robofm.models.checkpoint import read_checkpoint_meta
+
+    return read_checkpoint_meta(path)[0].image_size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", help="float checkpoint (the `small` demo policy)")
     parser.add_argument("--data", nargs="+", help="demonstrations to distil on")
     parser.add_argument("--int8", default=None, help="existing INT8 copy of the teacher")
-    parser.add_argument("--student", default=None, help="existing distilled student checkpoint")
+    parser.add_argument(
+        "--student", nargs="+", default=None, help="existing distilled student checkpoint(s)"
+    )
     parser.add_argument("--work", default=None, help="where new INT8/student checkpoints go")
     parser.add_argument("--episodes", type=int, default=20, help="closed-loop episodes per split")
     parser.add_argument("--calls", type=int, default=100, help="timed Policy.infer calls")
@@ -120,8 +130,8 @@ def main() -> None:
         t0 = time.perf_counter()
         quantize_checkpoint(teacher, int8)
         seconds["quantize_s"] = round(time.perf_counter() - t0, 1)
-    student = Path(args.student) if args.student else work / "distill" / "student"
-    if not student.exists():
+    students = [Path(p) for p in args.student] if args.student else [work / "distill" / "student"]
+    if not students[0].exists():
         if not args.data:
             parser.error("--data is required to distil a student (or pass --student)")
         from robofm.deploy.distill import DistillConfig, distill
@@ -129,7 +139,9 @@ def main() -> None:
         t0 = time.perf_counter()
         distill(DistillConfig(str(teacher), tuple(args.data), out_dir=str(work / "distill")))
         seconds["distill_s"] = round(time.perf_counter() - t0, 1)
-    models = {"float": teacher, "int8": int8, "distilled": student}
+    models = {"float": teacher, "int8": int8}
+    for student in students:
+        models[f"distilled {_image_size(student)}px"] = student
     speed = {n: _measure_in_subprocess(str(p), args.calls, args.threads) for n, p in models.items()}
     rows = compare_checkpoints(
         {n: str(p) for n, p in models.items()},

@@ -62,6 +62,7 @@ path was written for GPUs but has not been run here (this build was tested on CP
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -152,9 +153,25 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
 
 
 def _peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB."""
+    """Peak resident set size of this process's own memory so far, MiB.
+
+    On Linux this is `VmHWM` from /proc/self/status: unlike `getrusage`'s ru_maxrss it does
+    not inherit the peak of the process that forked this one (a large parent would otherwise
+    hide a small model's memory entirely)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # KiB
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / MIB if sys.platform == "darwin" else peak / 1024.0  # macOS: bytes; Linux: KiB
+
+
+def _reset_peak_rss() -> None:
+    """Restart the peak-RSS mark at the current RSS (Linux: write 5 to clear_refs), so the
+    peak measured next belongs to what runs after this call; a no-op elsewhere."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def _percentiles(ms: list[float]) -> tuple[float, float]:
@@ -270,6 +287,7 @@ def measure_config(
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
+    _reset_peak_rss()
     base_mib = _peak_rss_mib()
     torch.manual_seed(0)
     model = VLA(

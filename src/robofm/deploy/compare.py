@@ -152,7 +152,7 @@ def plot_comparison(rows: list[dict[str, Any]], splits, path: Path) -> Path | No
     names = [r["name"] for r in rows]
     b.bar(names, [r["latency_ms_median"] for r in rows], color="grey")
     b.set(ylabel="chunk latency, median ms", title="latency")
-    b.tick_params(axis="x", labelsize=8)
+    b.tick_params(axis="x", labelsize=8, labelrotation=25)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -28,9 +28,9 @@ clip to the ActionSpace bounds. `load_exported(dir)` does all of that around the
 
 Heads: `regression` and `bins` (greedy decoding unrolled) export as they are; `flow` takes
 the explicit noise; `diffusion` takes it too and its DDIM loop unrolls over the head's
-precomputed step list (`DiffusionHead.ddim_steps`). INT8 checkpoints do not export: their layers hold PyTorch's packed int8 weights, a
-TorchScript object `torch.export` cannot serialise (`ConfigError`, naming it). ONNX needs
-the `onnx` package, not installed here.
+precomputed step list (`DiffusionHead.ddim_steps`). INT8 checkpoints do not export: their
+layers hold PyTorch's packed int8 weights, a TorchScript object `torch.export` cannot
+serialise (`ConfigError`, naming it). ONNX needs the `onnx` package, not installed here.
 
 `CompiledSampler(model)` is the torch.compile counterpart (`Policy(compile=True)`): it
 compiles `encode_prefix` and `head.sample` with `dynamic=False`, while the instruction is
