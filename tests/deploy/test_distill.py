@@ -218,3 +218,29 @@ def test_cli_bad_student_preset_is_named(teacher, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "x")]) != 0
     assert "huge" in capsys.readouterr().err
     assert not (tmp_path / "x" / "student").exists()
+
+
+def test_dagger_refuses_a_teacher_the_sim_cannot_host(teacher, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "teacher"
+    shutil.copytree(teacher[0], ckpt)
+    body = json.loads((ckpt / "action_space.json").read_text())
+    body["action"]["units"][0] = "cm"  # a robot whose dx is in centimetres
+    (ckpt / "action_space.json").write_text(json.dumps(body))
+    cfg = _cfg((ckpt, teacher[1]), tmp_path / "out", dagger_rounds=1, rollouts=1)
+    with pytest.raises(ConfigError, match="--rounds 0") as err:
+        D.distill(cfg)
+    assert "units" in str(err.value)
+    assert not (tmp_path / "out" / "student").exists()
+
+
+def test_demonstrations_are_checked_before_decoding(teacher):
+    policy = Policy.from_checkpoint(teacher[0])
+    args = ((str(teacher[1]),), policy.normalizer, policy.cameras, 32, 0)
+    with pytest.raises(ConfigError, match="--max-episodes"):
+        D.load_demonstrations(*args, max_bytes=1000)
+    with pytest.raises(ConfigError, match="episode 0 has state dim 4; the teacher's robot has 7"):
+        D.load_demonstrations(*args, state_dim=7)
+    eps = D.load_demonstrations(*args, state_dim=4)
+    assert len(eps) == 4 and eps[0]["images"]["front"].shape[1:] == (32, 32, 3)

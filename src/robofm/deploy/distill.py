@@ -40,6 +40,7 @@ from robofm.progress import progress
 from robofm.types import Batch, Observation
 
 DAGGER_SEED0 = 3_000_000  # first DAgger rollout seed; evaluation seeds are 1_000_000 + i
+MAX_BUFFER_BYTES = 12 * 2**30  # demonstration frames held in memory for labelling/training
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 
@@ -260,14 +261,25 @@ def action_error(
 
 
 def load_demonstrations(
-    paths: tuple[str, ...], normalizer, cameras, px: int, max_episodes: int
+    paths: tuple[str, ...],
+    normalizer,
+    cameras,
+    px: int,
+    max_episodes: int,
+    state_dim: int | None = None,
+    max_bytes: int = MAX_BUFFER_BYTES,
 ) -> list[dict[str, Any]]:
     """Every demonstration episode of `paths` as {"images": cam -> uint8 (T, px, px, 3),
-    "state": (T, S) normalised, "prompt": str, "name": "<dataset> episode i"}."""
+    "state": (T, S) normalised, "prompt": str, "name": "<dataset> episode i"}.
+
+    The frames are held in memory at `px`: when they would take more than `max_bytes`, this
+    says so before decoding anything (use `max_episodes`). `state_dim`: the teacher's S, checked
+    per episode."""
     from robofm.data import open_dataset
     from robofm.data.mixture import resize_frames
 
-    episodes = []
+    sources = []
+    total = 0
     for path in paths:
         src = open_dataset(path)
         missing = sorted(set(cameras) - set(src.cameras))
@@ -276,10 +288,25 @@ def load_demonstrations(
                 f"{path}: dataset lacks camera(s) {missing} the teacher needs ({list(cameras)})"
             )
         n = len(src) if max_episodes <= 0 else min(max_episodes, len(src))
+        frames = sum(src.episode(i).length for i in range(n))  # low-dim arrays only
+        total += frames * len(cameras) * px * px * 3
+        sources.append((path, src, n))
+    if total > max_bytes:
+        raise ConfigError(
+            f"distill: the demonstration frames of {list(paths)} take {total / 2**30:.1f} GiB at "
+            f"{px} px, over the {max_bytes / 2**30:.0f} GiB buffer limit; use --max-episodes"
+        )
+    episodes = []
+    for path, src, n in sources:
         for i in progress(range(n), desc=f"load {src.name}", unit="ep"):
             ep = src.episode(i, images=True)
             if ep.states.shape[1] == 0:
                 raise ConfigError(f"{path}: episode {ep.index} has no state; the teacher needs it")
+            if state_dim is not None and ep.states.shape[1] != state_dim:
+                raise ConfigError(
+                    f"{path}: episode {ep.index} has state dim {ep.states.shape[1]}; the "
+                    f"teacher's robot has {state_dim}"
+                )
             episodes.append(
                 {
                     "images": {c: resize_frames(ep.images[c], px, px) for c in cameras},
@@ -405,6 +432,32 @@ def check_config(cfg: DistillConfig) -> None:
         raise ConfigError(f"distill: teacher {cfg.teacher!r} is not a checkpoint directory")
 
 
+def check_sim(teacher_policy, cfg: DistillConfig, px: int) -> None:
+    """`ConfigError` unless the sim task can host DAgger rollouts of this teacher: the same
+    action contract (chunk length aside), its cameras and its state dimension."""
+    from robofm.sim.env import TabletopEnv
+
+    env = TabletopEnv(task=cfg.task, split=cfg.split, image_size=px)
+    try:
+        try:
+            teacher_policy.spaces.action.check_compatible(
+                env.robot_action_space, ignore=("chunk_len",), labels=("teacher", "sim")
+            )
+        except ValueError as e:
+            raise ConfigError(
+                f"distill: DAgger rollouts run in the sim task {cfg.task!r}, whose action "
+                f"contract differs from the teacher's: {e}. Pass --rounds 0 to distil on the "
+                "demonstrations only."
+            ) from None
+        missing = sorted(set(teacher_policy.cameras) - set(env.config.cameras))
+        if missing:
+            raise ConfigError(
+                f"distill: the sim has no camera(s) {missing} the teacher needs; pass --rounds 0"
+            )
+    finally:
+        env.close()
+
+
 def distill(cfg: DistillConfig) -> dict[str, Any]:
     """Run the distillation; returns the report also written to `out_dir/distill.json`."""
 
@@ -433,7 +486,11 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     cached = _can_cache(student, cfg)
 
     # 1. Demonstrations, labelled by the teacher; the last val_episodes are held out.
-    demos = load_demonstrations(cfg.data, normalizer, teacher.cameras, px, cfg.max_episodes)
+    if cfg.dagger_rounds:
+        check_sim(teacher_policy, cfg, px)
+    demos = load_demonstrations(
+        cfg.data, normalizer, teacher.cameras, px, cfg.max_episodes, teacher_policy.state_dim
+    )
     n_val = min(cfg.val_episodes, len(demos) - 1)
     buf = _empty_buffer(
         teacher.cameras, px, teacher_policy.state_dim, teacher.cfg.chunk_len, teacher.action_dim
