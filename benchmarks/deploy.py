@@ -4,7 +4,8 @@ For a trained teacher checkpoint (the demo's `small` policy by default use):
 1. an INT8 copy (`robofm deploy quantize`), unless `--int8` names one;
 2. a distilled `specialist` student (`robofm deploy distill`, teacher labels on `--data` plus
    DAgger rounds), unless `--student` names one or more;
-3. per checkpoint, in its own subprocess: load time, peak RSS after loading and inferring,
+3. per checkpoint, in its own subprocess: load time, resident memory after loading and
+   inferring (and the peak, which also counts the memory-mapped weights file while loading),
    cold latency (first `Policy.infer`) and warm median / p90 latency over `--calls` calls on a
    synthetic observation, at `--threads` torch threads (1 = one core, as on a small robot
    computer; evaluation workers use 1 too);
@@ -65,7 +66,8 @@ def measure(path: str, calls: int, threads: int) -> dict:
     return {
         "load_s": round(load_s, 2),
         "weights_MB": round(weights / 1e6, 1),
-        "peak_rss_MB": round(_peak_rss_mb()),
+        "rss_MB": round(_rss_mb()),  # resident after loading and the timed calls
+        "peak_rss_MB": round(_peak_rss_mb()),  # includes the mapped weights file while loading
         "rss_added_MB": round(_peak_rss_mb() - base),
         "cold_ms": round(cold, 1),
         "median_ms": round(float(np.median(times)), 2),
@@ -159,6 +161,7 @@ def main() -> None:
                 "params_M": r["params_M"],
                 "disk_MB": r["disk_MB"],
                 "weights_MB": s["weights_MB"],
+                "rss_MB": s["rss_MB"],
                 "peak_rss_MB": s["peak_rss_MB"],
                 "cold_ms": s["cold_ms"],
                 "median_ms": s["median_ms"],

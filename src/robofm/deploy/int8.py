@@ -113,7 +113,11 @@ class Int8DynamicLinear(nn.Module):
             if not bool(torch.isfinite(scale).all() and (scale > 0).all()):
                 errors.append(f"{prefix}weight_scale: scales must be finite and > 0")
                 return
-            self._pack(got["weight_int8"].cpu(), got["weight_scale"].cpu(), got.get("bias"))
+            # copies: the packed weight keeps its source alive, which would otherwise pin the
+            # whole memory-mapped checkpoint file
+            q, scale = got["weight_int8"].cpu().clone(), got["weight_scale"].cpu().clone()
+            bias = got.get("bias")
+            self._pack(q, scale, None if bias is None else bias.cpu().clone())
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 dynamic"

@@ -10,6 +10,7 @@ checkpoint whose stats were swapped is caught at load time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -130,4 +131,19 @@ def load_checkpoint(path: str | Path, device: str = "cpu", *, allow_quantized: b
             f"({normalizer.stats_sha256[:12]} vs {spaces.stats_sha256[:12]})"
         )
     model.transforms = read_transforms(path)  # what Policy applies to camera frames
+    del state
+    release_freed_memory()  # the replaced initial weights (and float Linears of INT8 copies)
     return model.to(device).eval(), normalizer, spaces
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by the allocator back to the OS (glibc `malloc_trim`), so a loaded
+    policy's resident size is what it holds, not what building it once took. No-op where
+    glibc is absent."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
