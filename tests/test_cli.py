@@ -42,11 +42,17 @@ def test_each_verb_help_exits_zero(verb):
         assert "not in this build yet" in out.stdout
 
 
-@pytest.mark.parametrize("verb", sorted(v for v in EXPECTED_VERBS if VERBS[v].run is None))
-def test_pending_verbs_fail_clearly(verb):
-    out = robofm(verb)
-    assert out.returncode == 2
-    assert "not in this build yet" in out.stderr and "issue #" in out.stderr
+def test_every_verb_runs_in_this_build():
+    assert [v for v in EXPECTED_VERBS if VERBS[v].run is None] == []
+
+
+def test_a_pending_verb_fails_clearly(monkeypatch, capsys):
+    from robofm.cli import Verb, main
+
+    monkeypatch.setitem(VERBS, "teleop", Verb("drive the robot", "robofm teleop", None, "#12"))
+    assert main(["teleop"]) == 2
+    err = capsys.readouterr().err
+    assert "robofm teleop" in err and "not in this build yet" in err and "#12" in err
 
 
 def test_unknown_verb_and_version():
