@@ -38,49 +38,28 @@ def measure(path: str, calls: int, threads: int) -> dict:
     import numpy as np
     import torch
 
-    torch.set_num_threads(threads)
+    from robofm.deploy.bench import peak_rss_mib, state_bytes, synthetic_obs, time_policies
     from robofm.policy import Policy
 
-    base = _rss_mb()
+    torch.set_num_threads(threads)
     t0 = time.perf_counter()
     policy = Policy.from_checkpoint(path)
     load_s = time.perf_counter() - t0
-    rng = np.random.default_rng(0)
-    s = CAMERA_PX
-    obs = {
-        "images": {c: rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for c in policy.cameras},
-        "state": np.zeros(policy.state_dim, np.float32),
-        "prompt": "pick up the red cube",
-    }
+    obs = synthetic_obs(policy, px=CAMERA_PX)
     t0 = time.perf_counter()
     policy.infer(obs)
     cold = (time.perf_counter() - t0) * 1000
-    for _ in range(5):
-        policy.infer(obs)
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        policy.infer(obs)
-        times.append((time.perf_counter() - t0) * 1000)
-    weights = sum(t.numel() * t.element_size() for t in policy.model.state_dict().values())
+    (times,) = time_policies([policy], calls, warmup=5, obs=obs)
+    rss = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
     return {
         "load_s": round(load_s, 2),
-        "weights_MB": round(weights / 1e6, 1),
-        "rss_MB": round(_rss_mb()),  # resident after loading and the timed calls
-        "peak_rss_MB": round(_peak_rss_mb()),  # includes the mapped weights file while loading
-        "rss_added_MB": round(_peak_rss_mb() - base),
+        "weights_MB": round(state_bytes(policy.model) / 1e6, 1),
+        "rss_MB": round(rss),  # resident after loading and the timed calls
+        "peak_rss_MB": round(peak_rss_mib()),  # includes the mapped weights file while loading
         "cold_ms": round(cold, 1),
         "median_ms": round(float(np.median(times)), 2),
         "p90_ms": round(float(np.percentile(times, 90)), 2),
     }
-
-
-def _rss_mb() -> float:
-    return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
-
-
-def _peak_rss_mb() -> float:
-    return int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
 
 
 def _measure_in_subprocess(path: str, calls: int, threads: int) -> dict:

@@ -152,7 +152,7 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
     return info
 
 
-def _peak_rss_mib() -> float:
+def peak_rss_mib() -> float:
     """Peak resident set size of this process's own memory so far, MiB.
 
     On Linux this is `VmHWM` from /proc/self/status: unlike `getrusage`'s ru_maxrss it does
@@ -288,7 +288,7 @@ def measure_config(
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     _reset_peak_rss()
-    base_mib = _peak_rss_mib()
+    base_mib = peak_rss_mib()
     torch.manual_seed(0)
     model = VLA(
         cfg,
@@ -336,7 +336,7 @@ def measure_config(
     if cuda:
         row["peak_mem_MB"] = round(torch.cuda.max_memory_allocated(device) / MIB, 1)
     else:
-        row["peak_mem_MB"] = round(_peak_rss_mib() - base_mib, 1)
+        row["peak_mem_MB"] = round(peak_rss_mib() - base_mib, 1)
     return row
 
 
@@ -452,10 +452,13 @@ def _run_one(spec: dict[str, Any], env: dict[str, str], timeout_s: float) -> dic
 # ---- checkpoints ------------------------------------------------------------------------------
 
 
-def synthetic_obs(policy) -> dict:
-    """A valid observation dict for `policy`: random uint8 frames, zero state, a prompt."""
+def synthetic_obs(policy, px: int = 0) -> dict:
+    """A valid observation dict for `policy`: random uint8 frames of `px` (default the
+    model's image size; a camera's own size makes `infer` pay for the resize), zero state,
+    a prompt."""
     rng = np.random.default_rng(0)
-    shape = (policy.model.cfg.image_size, policy.model.cfg.image_size, 3)  # (H, W, 3)
+    px = px or policy.model.cfg.image_size
+    shape = (px, px, 3)  # (H, W, 3)
     return {
         "images": {c: rng.integers(0, 256, shape, dtype=np.uint8) for c in policy.cameras},
         "state": np.zeros(policy.state_dim, np.float32),
@@ -463,11 +466,14 @@ def synthetic_obs(policy) -> dict:
     }
 
 
-def time_policies(policies: list, calls: int, warmup: int) -> list[list[float]]:
-    """Wall ms of `calls` `Policy.infer` calls per policy after `warmup` untimed ones; calls
-    alternate between the policies so background load affects both alike. (`infer` returns
-    numpy, so a GPU policy is synchronised by the copy back.)"""
-    obs = synthetic_obs(policies[0])
+def time_policies(
+    policies: list, calls: int, warmup: int, obs: dict | None = None
+) -> list[list[float]]:
+    """Wall ms of `calls` `Policy.infer` calls per policy after `warmup` untimed ones, on
+    `obs` (default `synthetic_obs` of the first policy); calls alternate between the policies
+    so background load affects both alike. (`infer` returns numpy, so a GPU policy is
+    synchronised by the copy back.)"""
+    obs = obs or synthetic_obs(policies[0])
     for p in policies:
         for _ in range(warmup):
             p.infer(obs)
@@ -547,7 +553,7 @@ def compare_checkpoints(
         "machine": machine_info(device),
         "settings": {"reps": reps, "warmup": warmup, "threads": torch.get_num_threads()},
         "columns": cols,
-        "peak_rss_MiB": round(_peak_rss_mib(), 1),
+        "peak_rss_MiB": round(peak_rss_mib(), 1),
     }
     if len(cols) == 2:
         body["ratio"] = {k: _ratio(cols[0].get(k), cols[1].get(k)) for k in _numeric(cols)}
